@@ -1,0 +1,110 @@
+//! The file as written: serde structs that mirror gatehouse.toml key for key,
+//! with the position of every value kept so validation can point at it.
+//!
+//! Values whose meaning depends on other keys (mode, balance, addresses) stay
+//! strings here; `validate` turns them into the typed `Farm`. Unknown keys are
+//! refused here by `deny_unknown_fields`, so a typo never silently does nothing.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub gateway: Option<Spanned<Gateway>>,
+    #[serde(default)]
+    pub service: Vec<Spanned<Service>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    pub wan: Spanned<String>,
+    pub lan: Spanned<String>,
+    pub lan_subnet: Option<Spanned<String>>,
+    pub masquerade: Option<bool>,
+    #[serde(default)]
+    pub admin: Vec<Spanned<String>>,
+    pub ssh_port: Option<Spanned<i64>>,
+    pub ping: Option<bool>,
+    #[serde(default)]
+    pub trusted: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: Spanned<String>,
+    /// `"80"`, `"198.51.100.1:80"`, or a bare integer.
+    pub listen: Spanned<toml::Value>,
+    pub mode: Option<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub backends: Spanned<Vec<Spanned<Backend>>>,
+}
+
+/// A backend is either `"10.0.0.11:80"` or `{ addr = "10.0.0.11:80", weight = 3 }`.
+///
+/// Written by hand rather than with `#[serde(untagged)]` because untagged enums
+/// buffer their input and lose the positions we need for diagnostics.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: String,
+    /// Where the address is when written as a table; a bare string's position
+    /// is the element's own, which the enclosing `Spanned` carries.
+    pub addr_span: Option<std::ops::Range<usize>>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BackendVisitor)
+    }
+}
+
+struct BackendVisitor;
+
+const BACKEND_FIELDS: &[&str] = &["addr", "weight"];
+
+impl<'de> Visitor<'de> for BackendVisitor {
+    type Value = Backend;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"a backend "ADDR:PORT" or a table { addr = "ADDR:PORT", weight = N }"#)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Backend, E> {
+        Ok(Backend {
+            addr: value.to_owned(),
+            addr_span: None,
+            weight: None,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Backend, A::Error> {
+        let mut addr = None;
+        let mut weight = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "addr" if addr.is_some() => return Err(de::Error::duplicate_field("addr")),
+                "addr" => addr = Some(map.next_value::<Spanned<String>>()?),
+                "weight" if weight.is_some() => return Err(de::Error::duplicate_field("weight")),
+                "weight" => weight = Some(map.next_value::<Spanned<i64>>()?),
+                other => return Err(de::Error::unknown_field(other, BACKEND_FIELDS)),
+            }
+        }
+        let addr: Spanned<String> = addr.ok_or_else(|| de::Error::missing_field("addr"))?;
+        Ok(Backend {
+            addr_span: Some(addr.span()),
+            addr: addr.into_inner(),
+            weight,
+        })
+    }
+}
+
+/// Parse the file's text; a syntax or shape error comes back with its byte range.
+pub fn parse(text: &str) -> Result<File, (String, Option<std::ops::Range<usize>>)> {
+    toml::from_str::<File>(text).map_err(|err| (err.message().to_owned(), err.span()))
+}

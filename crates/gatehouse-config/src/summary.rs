@@ -1,0 +1,74 @@
+//! The short description `gatehouse check` prints: what the file will do, in
+//! the words of the config reference, so a reader can compare it with intent.
+
+use std::fmt::Write;
+
+use crate::model::{Farm, Mode};
+
+impl Farm {
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        if let Some(g) = &self.gateway {
+            let subnet = g
+                .lan_subnet
+                .as_ref()
+                .map(|s| format!(" ({})", s.value))
+                .unwrap_or_default();
+            let mut ssh_from = vec![String::from("lan")];
+            ssh_from.extend(g.admin.iter().map(|a| a.value.to_string()));
+            let _ = writeln!(
+                out,
+                "gateway  wan {}, lan {}{subnet}; masquerade {}; ssh {} from {}; ping {}",
+                g.wan.value,
+                g.lan.value,
+                on_off(g.masquerade),
+                g.ssh_port,
+                ssh_from.join(", "),
+                on_off(g.ping),
+            );
+            if !g.trusted.is_empty() {
+                let names: Vec<&str> = g.trusted.iter().map(|t| t.value.as_str()).collect();
+                let _ = writeln!(out, "         trusted (not filtered): {}", names.join(", "));
+            }
+        }
+        let width = self.services.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        for s in &self.services {
+            let backends: Vec<String> = s
+                .backends
+                .iter()
+                .map(|b| {
+                    if s.balance.honours_weights() && b.weight != 1 {
+                        format!("{} (weight {})", b.addr.value, b.weight)
+                    } else {
+                        b.addr.value.to_string()
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "service  {:width$}  {} {}  {} over {} backend{}: {}",
+                s.name.value,
+                s.mode.as_str(),
+                s.listen.value,
+                s.balance.as_str(),
+                s.backends.len(),
+                if s.backends.len() == 1 { "" } else { "s" },
+                backends.join(", "),
+            );
+        }
+        if self.gateway.is_none() && self.services.is_empty() {
+            out.push_str("nothing configured: add a [gateway] section or a [[service]]\n");
+        }
+        if self.services.iter().any(|s| s.mode != Mode::Nat) {
+            out.push_str(
+                "note: http and tcp services are served by the userspace proxy, which this version \
+                 does not include yet; apply only opens their ports in the firewall\n",
+            );
+        }
+        out
+    }
+}
+
+fn on_off(flag: bool) -> &'static str {
+    if flag { "on" } else { "off" }
+}

@@ -1,0 +1,299 @@
+//! From a `Farm` to the ruleset the gateway must hold.
+//!
+//! The policy, in order of evaluation (see README's "Rules the gateway holds"):
+//! - input: drop by default; replies, loopback, SSH from the LAN and from
+//!   `admin`, pings (rate-limited from the WAN), the ports of proxy services.
+//! - forward: drop by default (with a rate-limited log line); replies, new
+//!   connections we DNAT'd to a published service, LAN to WAN.
+//! - nat: DNAT each nat service through its backend map; masquerade LAN to WAN;
+//!   masquerade hairpin traffic so a LAN host can use the public address too.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+
+use gatehouse_config::{Balance, Farm, Gateway, Service};
+use ipnet::IpNet;
+
+use crate::ir::{
+    Action, Chain, CtState, Dispatch, Hook, IcmpType, Match, Per, Rule, Ruleset, SlotKey, Verdict,
+};
+use crate::{maglev, slots};
+
+/// What the live table holds for each backend map, slot by slot; used so that
+/// re-applying a Maglev service keeps the flows of backends that remain.
+pub type LiveMaps = BTreeMap<String, Vec<SocketAddrV4>>;
+
+/// Pings answered from the WAN side, per second (burst allows a normal `ping`
+/// and a traceroute's probes through; a flood is cut to this rate).
+const PING_RATE: u32 = 5;
+const PING_BURST: u32 = 10;
+/// Dropped-forward log lines per minute: enough to see a scan, not a disk filler.
+const DROP_LOG_RATE: u32 = 10;
+const DROP_LOG_BURST: u32 = 5;
+pub const DROP_LOG_PREFIX: &str = "gatehouse forward drop: ";
+
+pub fn ruleset(farm: &Farm, live: &LiveMaps) -> Ruleset {
+    let dispatches: Vec<Dispatch> = farm.nat_services().map(|s| dispatch(s, live)).collect();
+    let Some(gateway) = &farm.gateway else {
+        // No gateway, no kernel rules: proxy-only farms run without a table.
+        return Ruleset {
+            chains: Vec::new(),
+            dispatches,
+        };
+    };
+    let nat_services: Vec<&Service> = farm.nat_services().collect();
+    let proxy_services: Vec<&Service> = farm.proxy_services().collect();
+    Ruleset {
+        chains: vec![
+            input(gateway, &proxy_services),
+            forward(gateway),
+            prerouting(gateway, &nat_services),
+            postrouting(gateway, !nat_services.is_empty()),
+        ],
+        dispatches,
+    }
+}
+
+fn replies_first() -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![Match::CtState(vec![CtState::Established, CtState::Related])],
+            Action::Accept,
+        ),
+        Rule::new(vec![Match::CtState(vec![CtState::Invalid])], Action::Drop),
+    ]
+}
+
+fn input(g: &Gateway, proxy_services: &[&Service]) -> Chain {
+    let wan = vec![g.wan.value.clone()];
+    let lan = vec![g.lan.value.clone()];
+    let mut rules = replies_first();
+    rules.push(Rule::new(vec![Match::Iif(vec!["lo".into()])], Action::Accept));
+    if !g.trusted.is_empty() {
+        let trusted = g.trusted.iter().map(|t| t.value.clone()).collect();
+        rules.push(Rule::new(vec![Match::Iif(trusted)], Action::Accept).comment("trusted interfaces"));
+    }
+    rules.push(Rule::new(
+        vec![Match::Icmp(IcmpType::V6NeighbourDiscovery)],
+        Action::Accept,
+    ));
+    rules.push(
+        Rule::new(
+            vec![Match::Iif(lan.clone()), Match::TcpDport(vec![g.ssh_port])],
+            Action::Accept,
+        )
+        .comment("ssh from the lan"),
+    );
+    for nets in by_family(g.admin.iter().map(|a| a.value)) {
+        rules.push(
+            Rule::new(
+                vec![
+                    Match::Iif(wan.clone()),
+                    Match::Saddr(nets),
+                    Match::TcpDport(vec![g.ssh_port]),
+                ],
+                Action::Accept,
+            )
+            .comment("ssh from admin"),
+        );
+    }
+    for echo in [IcmpType::EchoRequest, IcmpType::V6EchoRequest] {
+        rules.push(Rule::new(
+            vec![Match::Iif(lan.clone()), Match::Icmp(echo)],
+            Action::Accept,
+        ));
+    }
+    if g.ping {
+        // Each family has its own budget (a limit belongs to its rule).
+        for echo in [IcmpType::EchoRequest, IcmpType::V6EchoRequest] {
+            rules.push(Rule::new(
+                vec![
+                    Match::Iif(wan.clone()),
+                    Match::Icmp(echo),
+                    Match::Limit {
+                        rate: PING_RATE,
+                        per: Per::Second,
+                        burst: PING_BURST,
+                    },
+                ],
+                Action::Accept,
+            ));
+        }
+    }
+    for s in proxy_services {
+        let mut matches = Vec::new();
+        if let Some(addr) = s.listen.addr {
+            matches.push(Match::Daddr(addr));
+        }
+        matches.push(Match::TcpDport(vec![s.listen.port]));
+        rules.push(Rule::new(matches, Action::Accept).comment(format!("service {}", s.name.value)));
+    }
+    Chain {
+        hook: Hook::Input,
+        policy: Verdict::Drop,
+        rules,
+    }
+}
+
+fn forward(g: &Gateway) -> Chain {
+    let mut rules = replies_first();
+    if !g.trusted.is_empty() {
+        let trusted = g.trusted.iter().map(|t| t.value.clone()).collect();
+        rules.push(Rule::new(vec![Match::Iif(trusted)], Action::Accept).comment("trusted interfaces"));
+    }
+    rules.push(Rule::new(vec![Match::CtStatusDnat], Action::Accept).comment("published services"));
+    rules.push(Rule::new(
+        vec![
+            Match::Iif(vec![g.lan.value.clone()]),
+            Match::Oif(g.wan.value.clone()),
+        ],
+        Action::Accept,
+    ));
+    rules.push(Rule::new(
+        vec![Match::Limit {
+            rate: DROP_LOG_RATE,
+            per: Per::Minute,
+            burst: DROP_LOG_BURST,
+        }],
+        Action::Log(DROP_LOG_PREFIX.into()),
+    ));
+    Chain {
+        hook: Hook::Forward,
+        policy: Verdict::Drop,
+        rules,
+    }
+}
+
+fn prerouting(g: &Gateway, services: &[&Service]) -> Chain {
+    let mut rules = Vec::new();
+    for (index, s) in services.iter().enumerate() {
+        let port = Match::TcpDport(vec![s.listen.port]);
+        let comment = format!("service {}", s.name.value);
+        match s.listen.addr {
+            // One address: the same rule serves the WAN and hairpinning LAN hosts.
+            Some(addr) => {
+                rules.push(Rule::new(vec![Match::Daddr(addr), port], Action::Dnat(index)).comment(comment))
+            }
+            // Every WAN address, which may change (DHCP): match "ours", not a
+            // literal address, so the ruleset survives a new lease.
+            None => {
+                rules.push(
+                    Rule::new(
+                        vec![
+                            Match::Iif(vec![g.wan.value.clone()]),
+                            Match::DaddrLocal,
+                            port.clone(),
+                        ],
+                        Action::Dnat(index),
+                    )
+                    .comment(comment.clone()),
+                );
+                rules.push(
+                    Rule::new(
+                        vec![
+                            Match::Iif(vec![g.lan.value.clone()]),
+                            Match::DaddrLocalElsewhere,
+                            port,
+                        ],
+                        Action::Dnat(index),
+                    )
+                    .comment(format!("{comment} (hairpin)")),
+                );
+            }
+        }
+    }
+    Chain {
+        hook: Hook::Prerouting,
+        policy: Verdict::Accept,
+        rules,
+    }
+}
+
+fn postrouting(g: &Gateway, hairpin: bool) -> Chain {
+    let lan = vec![g.lan.value.clone()];
+    let mut rules = Vec::new();
+    if g.masquerade {
+        rules.push(Rule::new(
+            vec![
+                Match::Iif(lan.clone()),
+                Match::Oif(g.wan.value.clone()),
+                Match::Ipv4,
+            ],
+            Action::Masquerade,
+        ));
+    }
+    if hairpin {
+        // A LAN host reaching the public address is DNAT'd to a LAN neighbour,
+        // which would answer it directly; masquerading makes the answer come
+        // back through us, where the DNAT can be undone.
+        rules.push(
+            Rule::new(
+                vec![
+                    Match::Iif(lan),
+                    Match::Oif(g.lan.value.clone()),
+                    Match::CtStatusDnat,
+                ],
+                Action::Masquerade,
+            )
+            .comment("hairpin"),
+        );
+    }
+    Chain {
+        hook: Hook::Postrouting,
+        policy: Verdict::Accept,
+        rules,
+    }
+}
+
+/// Networks grouped by address family: one rule per family keeps the rule
+/// readable in nft and expressible in iptables.
+fn by_family(nets: impl Iterator<Item = IpNet>) -> Vec<Vec<IpNet>> {
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = nets.partition(|n| matches!(n, IpNet::V4(_)));
+    [v4, v6].into_iter().filter(|v| !v.is_empty()).collect()
+}
+
+fn dispatch(s: &Service, live: &LiveMaps) -> Dispatch {
+    let backends: Vec<(SocketAddrV4, u32)> = s
+        .backends
+        .iter()
+        .map(|b| match b.addr.value {
+            SocketAddr::V4(addr) => (addr, b.weight),
+            SocketAddr::V6(_) => unreachable!("config validation refuses IPv6 nat backends"),
+        })
+        .collect();
+    let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
+    let all_up = vec![true; backends.len()];
+    let (key, slots) = match s.balance {
+        Balance::RoundRobin | Balance::Weighted => (SlotKey::Counter, slots::table(&weights, &all_up)),
+        Balance::Random => (SlotKey::Random, slots::table(&weights, &all_up)),
+        Balance::SourceHash => (SlotKey::SourceHash, slots::table(&weights, &all_up)),
+        Balance::Maglev => (SlotKey::FlowHash, maglev_slots(s, &backends, live)),
+    };
+    Dispatch {
+        ident: s.ident(),
+        balance: s.balance,
+        backends,
+        key,
+        slots,
+    }
+}
+
+fn maglev_slots(s: &Service, backends: &[(SocketAddrV4, u32)], live: &LiveMaps) -> Vec<usize> {
+    let ids: Vec<String> = backends.iter().map(|(addr, _)| addr.to_string()).collect();
+    let members: Vec<maglev::Member<'_>> = ids
+        .iter()
+        .zip(backends)
+        .map(|(id, &(_, weight))| maglev::Member { id, weight })
+        .collect();
+    let map_name = format!("backends_{}", s.ident());
+    let previous: Option<Vec<Option<usize>>> = live
+        .get(&map_name)
+        .filter(|slots| slots.len() == maglev::TABLE_SIZE)
+        .map(|slots| {
+            slots
+                .iter()
+                .map(|addr| backends.iter().position(|(b, _)| b == addr))
+                .collect()
+        });
+    maglev::table(&members, previous.as_deref())
+}
