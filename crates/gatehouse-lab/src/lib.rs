@@ -179,6 +179,53 @@ pub fn ensure_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to go on unless this process is root and every one of `tools` is
+/// installed, naming the Debian package to install. Tests call it first so a
+/// machine that cannot run them fails loudly instead of skipping.
+pub fn require(tools: &[&str]) -> Result<()> {
+    ensure_root("this")?;
+    let dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    for tool in tools {
+        let found = dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([Path::new("/usr/sbin"), Path::new("/sbin")])
+            .any(|dir| dir.join(tool).exists());
+        if !found {
+            let package = match *tool {
+                "nft" => "nftables",
+                "ip" => "iproute2",
+                "nginx" => "nginx-light",
+                "iptables-restore" => "iptables",
+                "ping" => "iputils-ping",
+                other => other,
+            };
+            bail!(
+                "`{tool}` is not installed: apt-get install {package} (scripts/test.sh installs what the tests need)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The network namespaces that exist now and belong to lab `name`
+/// (exactly `name-...`).
+pub fn namespaces_of(name: &str) -> Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .context("running ip netns list")?;
+    let prefix = format!("{name}-");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// A process the lab started and kills at teardown.
 struct Tracked {
     pid: u32,

@@ -10,35 +10,7 @@ use std::process::Command;
 use gatehouse_lab::{Lab, LabSpec, WebKind, web_addr};
 
 fn require_tools() {
-    assert!(
-        is_root(),
-        "these tests build network namespaces and must run as root"
-    );
-    for tool in ["ip", "curl", "nginx"] {
-        let found = [
-            "/usr/sbin",
-            "/usr/bin",
-            "/sbin",
-            "/bin",
-            "/usr/local/sbin",
-            "/usr/local/bin",
-        ]
-        .iter()
-        .any(|dir| std::path::Path::new(dir).join(tool).exists());
-        assert!(
-            found,
-            "`{tool}` is not installed: apt-get install nginx-light curl iproute2"
-        );
-    }
-}
-
-fn is_root() -> bool {
-    // Avoid a dev-dependency just for geteuid: `id -u` says it.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    gatehouse_lab::require(&["ip", "curl", "nginx"]).expect("the lab tests cannot run here");
 }
 
 fn nginx_spec(backends: usize) -> LabSpec {
@@ -47,19 +19,8 @@ fn nginx_spec(backends: usize) -> LabSpec {
     spec
 }
 
-/// Namespaces whose name belongs to lab `name` (exactly `name-...`).
 fn namespaces_of(name: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("running ip netns list");
-    let prefix = format!("{name}-");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|ns| ns.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
+    gatehouse_lab::namespaces_of(name).unwrap()
 }
 
 /// curl with short timeouts, ignoring any proxy settings of the environment.

@@ -143,7 +143,15 @@ fn matcher(m: &Match) -> String {
                 Some(IpNet::V6(_)) => "ip6",
                 _ => "ip",
             };
-            format!("{family} saddr {}", set(nets.iter().map(|n| n.to_string())))
+            // A single host is written as an address, as nft lists it.
+            let host_or_net = |n: &IpNet| {
+                if n.prefix_len() == n.max_prefix_len() {
+                    n.addr().to_string()
+                } else {
+                    n.to_string()
+                }
+            };
+            format!("{family} saddr {}", set(nets.iter().map(host_or_net)))
         }
         Match::Daddr(IpAddr::V4(addr)) => format!("ip daddr {addr}"),
         Match::Daddr(IpAddr::V6(addr)) => format!("ip6 daddr {addr}"),
@@ -161,7 +169,13 @@ fn matcher(m: &Match) -> String {
                 Per::Second => "second",
                 Per::Minute => "minute",
             };
-            format!("limit rate {rate}/{per} burst {burst} packets")
+            // nft leaves its default burst (5) unsaid; so do we, so that a
+            // listing of the live table reads exactly like the plan.
+            if *burst == 5 {
+                format!("limit rate {rate}/{per}")
+            } else {
+                format!("limit rate {rate}/{per} burst {burst} packets")
+            }
         }
     }
 }

@@ -13,31 +13,7 @@ use gatehouse_lab::{CLIENT_ADDR, GATEWAY_LAN_ADDR, GATEWAY_WAN_ADDR, Lab, LabSpe
 const EXE: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 fn require_tools(tools: &[&str]) {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    assert!(
-        is_root,
-        "these tests build network namespaces and must run as root"
-    );
-    for tool in tools {
-        let found = [
-            "/usr/sbin",
-            "/usr/bin",
-            "/sbin",
-            "/bin",
-            "/usr/local/sbin",
-            "/usr/local/bin",
-        ]
-        .iter()
-        .any(|dir| std::path::Path::new(dir).join(tool).exists());
-        assert!(
-            found,
-            "`{tool}` is not installed: apt-get install nginx-light curl iproute2"
-        );
-    }
+    gatehouse_lab::require(tools).expect("the lab tests cannot run here");
 }
 
 fn builtin_prefix() -> Vec<OsString> {
@@ -45,17 +21,7 @@ fn builtin_prefix() -> Vec<OsString> {
 }
 
 fn namespaces_of(name: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("running ip netns list");
-    let prefix = format!("{name}-");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|ns| ns.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
+    gatehouse_lab::namespaces_of(name).unwrap()
 }
 
 fn curl_in(ns: &str, url: &str) -> Output {
