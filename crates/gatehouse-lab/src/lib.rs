@@ -184,16 +184,8 @@ pub fn ensure_root(what: &str) -> Result<()> {
 /// machine that cannot run them fails loudly instead of skipping.
 pub fn require(tools: &[&str]) -> Result<()> {
     ensure_root("this")?;
-    let dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
     for tool in tools {
-        let found = dirs
-            .iter()
-            .map(PathBuf::as_path)
-            .chain([Path::new("/usr/sbin"), Path::new("/sbin")])
-            .any(|dir| dir.join(tool).exists());
-        if !found {
+        if topology::find_program(tool).is_none() {
             let package = match *tool {
                 "nft" => "nftables",
                 "ip" => "iproute2",

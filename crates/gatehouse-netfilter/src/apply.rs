@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::{self, Host};
 use crate::live::{self, LiveTable};
-use crate::nft;
 use crate::plan::{self, LiveMaps};
+use crate::{diff, nft};
 
 /// Why an apply did not happen.
 #[derive(Debug)]
@@ -156,8 +156,8 @@ fn unix_ms() -> u64 {
 pub struct Applied {
     /// The live table differs from what was there before.
     pub changed: bool,
-    /// Set when a confirm deadline was requested: the caller starts the
-    /// watchdog for it (see [`watchdog`]).
+    /// The confirm deadline now running, if any. When `changed`, it is a new
+    /// one and the caller starts its watchdog (see [`watchdog`]).
     pub pending: Option<Pending>,
 }
 
@@ -193,14 +193,31 @@ pub fn apply(
     }
     let _lock = state.lock()?;
     let live = live::read(host)?;
-    let (_, definition) = definition(farm, live.as_ref());
+    let (ruleset, definition) = definition(farm, live.as_ref());
+    let probation = state.pending()?.is_some();
+
+    if let Some(live) = &live
+        && diff::is_live(live, &definition, &ruleset)
+    {
+        // Nothing to install: leave the table (and its round-robin counters)
+        // alone, and the saved previous table too, or rollback would lead
+        // back to this same table. Applying without --confirm accepts a table
+        // on probation; with --confirm, a running deadline keeps running.
+        host.enable_ip_forwarding()?;
+        if confirm.is_none() {
+            state.set_pending(None)?;
+        }
+        return Ok(Applied {
+            changed: false,
+            pending: if confirm.is_some() { state.pending()? } else { None },
+        });
+    }
+
     let script = nft::replace_script(&definition);
     host.nft(&["-c", "-f", "-"], Some(&script))
         .context("nft refused the generated ruleset; nothing was changed")?;
-
     // A confirm still pending means the live table is on probation: keep the
     // last good one as the state to return to, whatever this apply brings.
-    let probation = state.pending()?.is_some();
     if !(probation && confirm.is_some()) {
         state.save_previous(live.as_ref())?;
     }
@@ -210,8 +227,6 @@ pub fn apply(
         restore(host, state)?;
         return Err(Error::Failed(e.context("the previous table was restored")));
     }
-    let after = live::read(host)?;
-    let changed = live.map(|l| l.text) != after.map(|l| l.text);
     // The deadline starts once everything is in place, so the user gets the
     // whole time they asked for to check their access.
     let pending = confirm.map(|wait| Pending {
@@ -219,7 +234,10 @@ pub fn apply(
         deadline_unix_ms: unix_ms() + wait.as_millis() as u64,
     });
     state.set_pending(pending.as_ref())?;
-    Ok(Applied { changed, pending })
+    Ok(Applied {
+        changed: true,
+        pending,
+    })
 }
 
 /// Put the saved table back (the caller holds the lock).

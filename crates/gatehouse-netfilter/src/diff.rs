@@ -16,6 +16,7 @@ use anyhow::Context;
 use crate::ir::Ruleset;
 use crate::live::LiveTable;
 use crate::nft::{FAMILY, TABLE};
+use crate::plan::LiveMaps;
 
 /// The difference as text, empty when the live table is what would be applied.
 pub fn diff(live: &LiveTable, definition: &str, planned: &Ruleset) -> anyhow::Result<String> {
@@ -87,13 +88,25 @@ fn without_elements(listing: &str) -> String {
     out
 }
 
-fn map_changes(live: &LiveTable, planned: &Ruleset) -> String {
-    let mut out = String::new();
-    let planned_maps: BTreeMap<String, Vec<SocketAddrV4>> = planned
+/// Whether the live table already is `definition`, without asking nft to
+/// load anything: our rendering is exactly nft's listing apart from how map
+/// elements wrap (the golden tests hold it to that), and maps are compared
+/// slot by slot. A false "no" only costs a needless apply.
+pub fn is_live(live: &LiveTable, definition: &str, planned: &Ruleset) -> bool {
+    without_elements(&live.text) == without_elements(definition) && live.maps == planned_maps(planned)
+}
+
+fn planned_maps(planned: &Ruleset) -> LiveMaps {
+    planned
         .dispatches
         .iter()
         .map(|d| (d.map_name(), (0..d.slots.len()).map(|s| d.slot_addr(s)).collect()))
-        .collect();
+        .collect()
+}
+
+fn map_changes(live: &LiveTable, planned: &Ruleset) -> String {
+    let mut out = String::new();
+    let planned_maps = planned_maps(planned);
     for (name, after) in &planned_maps {
         match live.maps.get(name) {
             None => {

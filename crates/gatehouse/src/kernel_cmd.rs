@@ -181,17 +181,31 @@ pub fn apply(global: &GlobalOpts, args: &ApplyArgs) -> Result<ExitCode, Failure>
         path.display(),
         host.describe()
     );
-    if let Some(pending) = &applied.pending {
-        spawn_watchdog(global, &state, &pending.token)?;
-        println!(
-            "the previous ruleset comes back in {} s unless you run `gatehouse{} confirm`",
-            pending.remaining().as_secs_f64().round(),
-            global
-                .netns
-                .as_ref()
-                .map(|ns| format!(" --netns {ns}"))
-                .unwrap_or_default()
-        );
+    let confirm_command = format!(
+        "gatehouse{} confirm",
+        global
+            .netns
+            .as_ref()
+            .map(|ns| format!(" --netns {ns}"))
+            .unwrap_or_default()
+    );
+    match (&applied.pending, applied.changed) {
+        (Some(pending), true) => {
+            spawn_watchdog(global, &state, &pending.token)?;
+            println!(
+                "the previous ruleset comes back in {} s unless you run `{confirm_command}`",
+                pending.remaining().as_secs_f64().round()
+            );
+        }
+        (Some(pending), false) => println!(
+            "an earlier apply is still on probation: the ruleset before it comes back in {} s \
+             unless you run `{confirm_command}`",
+            pending.remaining().as_secs_f64().round()
+        ),
+        (None, false) if args.confirm.is_some() => {
+            println!("nothing changed, so there is nothing to confirm")
+        }
+        (None, _) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

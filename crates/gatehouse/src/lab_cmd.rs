@@ -319,6 +319,13 @@ fn down(which: NameArg) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     Lab::down(&run_dir)?;
+    // `gatehouse --netns NAME-gw apply` without --state-dir kept its rollback
+    // state under /var/lib/gatehouse/netns/NAME-gw; the gateway is gone now.
+    let gateway_state = gatehouse_netfilter::StateDir::default_for(Some(&format!("{name}-gw")));
+    if gateway_state.path().exists() {
+        std::fs::remove_dir_all(gateway_state.path())
+            .with_context(|| format!("removing {}", gateway_state.path().display()))?;
+    }
     println!("lab {name} is down");
     Ok(ExitCode::SUCCESS)
 }

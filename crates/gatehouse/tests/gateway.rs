@@ -210,6 +210,14 @@ fn nmap_from_the_internet_sees_only_the_published_port() {
         !from_lan.contains(&8081),
         "an unpublished port is open from the LAN: {from_lan:?}"
     );
+    // Once the client's network is an admin network, SSH opens to it, and only SSH.
+    let seed = include_str!("../../../examples/seed-farm.toml");
+    farm.apply(&seed.replace("admin = [\"192.168.2.0/24\"]", "admin = [\"198.51.100.0/24\"]"));
+    assert_eq!(
+        open_ports(&farm.lab.client_ns(), PUBLIC),
+        [22, 80],
+        "seen from an admin network"
+    );
 }
 
 #[test]
@@ -523,4 +531,39 @@ fn lab_up_applies_the_seed_farm_and_lab_down_removes_it() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&name));
+}
+
+#[test]
+fn re_applying_the_live_config_changes_nothing_and_keeps_rollback_history() {
+    let farm = Farm::new(2);
+    let seed = include_str!("../../../examples/seed-farm.toml");
+    farm.apply(seed);
+    let seed_ruleset = farm.ruleset();
+    let backends = format!(
+        "{{ addr = \"{}:80\", weight = 3 }}, \"{}:80\"",
+        web_addr(1),
+        web_addr(2)
+    );
+    farm.apply(&farm.config_text("weighted", &backends));
+    // Slots read web1 web1 web2 web1: the third connection is web2's.
+    let answers: Vec<usize> = (0..3).map(|_| farm.client_get().expect("an answer")).collect();
+    assert_eq!(answers, [1, 1, 2]);
+
+    // The same file again: reported unchanged, the table is not replaced, so
+    // the round-robin counter carries on where it was.
+    let config = farm.config.to_str().unwrap();
+    let out = farm.gatehouse(&["apply", "-c", config]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unchanged (already live)"),
+        "{}",
+        show(&out)
+    );
+    // A reset counter would start over at web1, web1, web2.
+    let answers: Vec<usize> = (0..3).map(|_| farm.client_get().expect("an answer")).collect();
+    assert_eq!(answers, [1, 1, 1], "the counter was reset by a no-op apply");
+
+    // Rollback still leads to the table before the last real change.
+    let out = farm.gatehouse(&["rollback"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(farm.ruleset(), seed_ruleset);
 }
