@@ -29,10 +29,6 @@ impl Host {
         }
     }
 
-    pub fn netns(&self) -> Option<&str> {
-        self.netns.as_deref()
-    }
-
     pub fn describe(&self) -> String {
         match &self.netns {
             Some(ns) => format!("network namespace {ns}"),

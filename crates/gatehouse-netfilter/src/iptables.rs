@@ -169,7 +169,6 @@ impl Writer<'_> {
             Match::CtStatusDnat => one("-m conntrack --ctstate DNAT".into()),
             // iptables is IPv4 already.
             Match::Ipv4 => one(String::new()),
-            Match::Ipv6 => Ok(None),
             Match::Saddr(nets) => {
                 let v4: Vec<String> = nets
                     .iter()

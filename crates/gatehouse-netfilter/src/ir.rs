@@ -42,10 +42,6 @@ impl Hook {
             Hook::Postrouting => "postrouting",
         }
     }
-
-    pub fn is_nat(self) -> bool {
-        matches!(self, Hook::Prerouting | Hook::Postrouting)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +84,6 @@ pub enum Match {
     CtStatusDnat,
     /// IPv4 packets only (masquerade: LAN IPv6 is routed, not NATed).
     Ipv4,
-    /// IPv6 packets only.
-    Ipv6,
     /// Source address within any of these networks (all of one family).
     Saddr(Vec<IpNet>),
     /// Destination is exactly this address.

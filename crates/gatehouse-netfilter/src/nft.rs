@@ -137,7 +137,6 @@ fn matcher(m: &Match) -> String {
         }
         Match::CtStatusDnat => "ct status dnat".into(),
         Match::Ipv4 => "meta nfproto ipv4".into(),
-        Match::Ipv6 => "meta nfproto ipv6".into(),
         Match::Saddr(nets) => {
             let family = match nets.first() {
                 Some(IpNet::V6(_)) => "ip6",
