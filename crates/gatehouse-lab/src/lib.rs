@@ -205,7 +205,7 @@ pub fn require(tools: &[&str]) -> Result<()> {
 /// The network namespaces that exist now and belong to lab `name`
 /// (exactly `name-...`).
 pub fn namespaces_of(name: &str) -> Result<Vec<String>> {
-    let out = Command::new("ip")
+    let out = Command::new(topology::ip_program())
         .args(["netns", "list"])
         .output()
         .context("running ip netns list")?;
@@ -216,6 +216,12 @@ pub fn namespaces_of(name: &str) -> Result<Vec<String>> {
         .filter(|ns| ns.starts_with(&prefix))
         .map(str::to_owned)
         .collect())
+}
+
+/// The gateway namespace of lab `name` (what [`Lab::gateway_ns`] returns),
+/// for callers that know a lab by name only, like `gatehouse lab down`.
+pub fn gateway_ns_of(name: &str) -> String {
+    topology::gateway_ns(name)
 }
 
 /// A process the lab started and kills at teardown.

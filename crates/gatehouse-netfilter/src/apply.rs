@@ -194,7 +194,8 @@ pub fn apply(
     let _lock = state.lock()?;
     let live = live::read(host)?;
     let (ruleset, definition) = definition(farm, live.as_ref());
-    let probation = state.pending()?.is_some();
+    let pending_before = state.pending()?;
+    let probation = pending_before.is_some();
 
     if let Some(live) = &live
         && diff::is_live(live, &definition, &ruleset)
@@ -204,12 +205,15 @@ pub fn apply(
         // back to this same table. Applying without --confirm accepts a table
         // on probation; with --confirm, a running deadline keeps running.
         host.enable_ip_forwarding()?;
-        if confirm.is_none() {
+        let pending = if confirm.is_some() {
+            pending_before
+        } else {
             state.set_pending(None)?;
-        }
+            None
+        };
         return Ok(Applied {
             changed: false,
-            pending: if confirm.is_some() { state.pending()? } else { None },
+            pending,
         });
     }
 

@@ -28,38 +28,70 @@ pub fn read(host: &Host) -> anyhow::Result<Option<LiveTable>> {
     Ok(Some(LiveTable { text, maps }))
 }
 
-/// Backend maps from an `nft list table` listing: map name → backend per
-/// slot. Only maps of our shape (slot → `ip daddr . tcp dport`, slots exactly
-/// 0..N) are read; anything else is not ours to interpret.
-pub fn maps_from_listing(listing: &str) -> LiveMaps {
-    let mut maps = LiveMaps::new();
-    let mut current: Option<String> = None;
+/// A listing taken apart: its text without map element blocks, and each
+/// block (joined onto one line, braces removed) with the map it belongs to.
+/// Element blocks are where nft's own line wrapping lives, so comparisons
+/// take them out and look at the slots instead.
+struct Split {
+    text: String,
+    blocks: Vec<(String, String)>,
+}
+
+fn split(listing: &str) -> Split {
+    let mut out = Split {
+        text: String::new(),
+        blocks: Vec::new(),
+    };
+    let mut map: Option<String> = None;
     let mut lines = listing.lines();
     while let Some(line) = lines.next() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix("map ").and_then(|rest| rest.strip_suffix(" {")) {
-            current = Some(name.to_owned());
-        } else if line.starts_with("typeof ") || line.starts_with("type ") {
-            if !line.ends_with(": ip daddr . tcp dport") {
-                current = None;
-            }
-        } else if let Some(first) = line.strip_prefix("elements = {") {
+        let trimmed = line.trim();
+        if let Some(first) = trimmed.strip_prefix("elements = {") {
             let mut block = first.to_owned();
             while !block.trim_end().ends_with('}') {
                 let Some(more) = lines.next() else { break };
                 block.push(' ');
                 block.push_str(more.trim());
             }
-            if let Some(name) = current.take()
-                && let Some(slots) = parse_elements(block.trim_end().trim_end_matches('}'))
-            {
-                maps.insert(name, slots);
+            if let Some(name) = &map {
+                let block = block.trim_end().trim_end_matches('}').to_owned();
+                out.blocks.push((name.clone(), block));
             }
-        } else if line == "}" {
-            current = None;
+            continue;
         }
+        if let Some(name) = trimmed
+            .strip_prefix("map ")
+            .and_then(|rest| rest.strip_suffix(" {"))
+        {
+            map = Some(name.to_owned());
+        } else if trimmed.starts_with("typeof ") || trimmed.starts_with("type ") {
+            // Only maps from slot to `ip daddr . tcp dport` are ours to read.
+            if !trimmed.ends_with(": ip daddr . tcp dport") {
+                map = None;
+            }
+        } else if trimmed == "}" {
+            map = None;
+        }
+        out.text.push_str(line);
+        out.text.push('\n');
     }
-    maps
+    out
+}
+
+/// The listing without map elements (compared separately, slot by slot).
+pub fn without_elements(listing: &str) -> String {
+    split(listing).text
+}
+
+/// Backend maps from an `nft list table` listing: map name → backend per
+/// slot. Only maps of our shape (slot → `ip daddr . tcp dport`, slots exactly
+/// 0..N) are read; anything else is not ours to interpret.
+pub fn maps_from_listing(listing: &str) -> LiveMaps {
+    split(listing)
+        .blocks
+        .into_iter()
+        .filter_map(|(name, block)| Some((name, parse_elements(&block)?)))
+        .collect()
 }
 
 /// `0 : 10.0.0.11 . 80, 1 : 10.0.0.12 . 80` → the backends in slot order.
@@ -116,5 +148,15 @@ mod tests {
         assert!(!maps.contains_key("other"));
         assert!(!maps.contains_key("gaps"));
         assert_eq!(maps.len(), 1);
+    }
+
+    #[test]
+    fn element_blocks_are_left_out_of_the_text_diff() {
+        let listing = "table inet gatehouse {\n\tmap m {\n\t\ttypeof numgen inc mod 8 : ip daddr . tcp dport\n\
+                       \t\telements = { 0 : 10.0.0.11 . 80, 1 : 10.0.0.12 . 80,\n\t\t\t     2 : 10.0.0.11 . 80 }\n\t}\n}\n";
+        let stripped = without_elements(listing);
+        assert!(!stripped.contains("10.0.0.11"), "{stripped}");
+        assert!(stripped.contains("typeof numgen"));
+        assert!(stripped.ends_with("\t}\n}\n"));
     }
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use gatehouse_config::Farm;
-use gatehouse_netfilter::{apply, diff, iptables};
+use gatehouse_netfilter::plan::{self, LiveMaps};
+use gatehouse_netfilter::{apply, diff, iptables, live};
 
 fn cases() -> Vec<(String, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -36,7 +37,7 @@ fn nft_text(path: &Path) -> String {
 }
 
 fn iptables_text(path: &Path) -> String {
-    let (ruleset, _) = apply::definition(&farm(path), None);
+    let ruleset = plan::ruleset(&farm(path), &LiveMaps::new());
     let name = path.file_name().unwrap().to_string_lossy();
     iptables::render(&ruleset, &["10.0.0.0/24".parse().unwrap()], &name)
         .unwrap()
@@ -113,22 +114,7 @@ fn nft_loads_every_ruleset_and_lists_it_back_as_written() {
         let ours = nft_text(&path);
         let listed = diff::canonical_listing(&ours).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         // Element blocks are wrapped differently by nft; slots are compared below.
-        let strip = |t: &str| {
-            let mut in_elements = false;
-            let mut kept = Vec::new();
-            for line in t.lines() {
-                if line.trim_start().starts_with("elements = {") {
-                    in_elements = true;
-                }
-                if !in_elements {
-                    kept.push(line);
-                }
-                if in_elements && line.trim_end().ends_with('}') {
-                    in_elements = false;
-                }
-            }
-            kept.join("\n")
-        };
+        let strip = live::without_elements;
         assert_eq!(
             strip(&listed),
             strip(&ours),

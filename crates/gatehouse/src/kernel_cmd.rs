@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use gatehouse_config::{Farm, LoadError};
 use gatehouse_netfilter::apply::{self, WatchdogOutcome};
+use gatehouse_netfilter::plan::{self, LiveMaps};
 use gatehouse_netfilter::{Host, StateDir, diff, host, iptables, live};
 
 use crate::{Failure, GlobalOpts};
@@ -106,7 +107,7 @@ pub fn plan(global: &GlobalOpts, args: &PlanArgs) -> Result<ExitCode, Failure> {
             (Some(g), None) => g.lan_subnet.iter().map(|s| s.value).collect(),
             (None, _) => Vec::new(),
         };
-        let (ruleset, _) = apply::definition(&farm, None);
+        let ruleset = plan::ruleset(&farm, &LiveMaps::new());
         let export = iptables::render(&ruleset, &lan_networks, &path.display().to_string())?;
         for warning in &export.warnings {
             eprintln!("warning: {warning}");

@@ -321,7 +321,8 @@ fn down(which: NameArg) -> Result<ExitCode> {
     Lab::down(&run_dir)?;
     // `gatehouse --netns NAME-gw apply` without --state-dir kept its rollback
     // state under /var/lib/gatehouse/netns/NAME-gw; the gateway is gone now.
-    let gateway_state = gatehouse_netfilter::StateDir::default_for(Some(&format!("{name}-gw")));
+    let gateway_state =
+        gatehouse_netfilter::StateDir::default_for(Some(&gatehouse_lab::gateway_ns_of(&name)));
     if gateway_state.path().exists() {
         std::fs::remove_dir_all(gateway_state.path())
             .with_context(|| format!("removing {}", gateway_state.path().display()))?;
