@@ -14,7 +14,10 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Source};
-pub use model::{Backend, Balance, Farm, Gateway, Listen, Located, Mode, Service};
+pub use model::{
+    AccessLog, Admin, Backend, Balance, Check, Farm, Gateway, Health, Listen, Located, Mode, ProxyOptions,
+    Service, Timeouts,
+};
 
 /// Where the config is looked for when no `-c FILE` is given and
 /// `$GATEHOUSE_CONFIG` is unset.

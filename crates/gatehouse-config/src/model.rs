@@ -2,9 +2,11 @@
 //! means every rule in the config reference already holds.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::{Deref, Range};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
 
@@ -35,6 +37,16 @@ pub struct Farm {
     pub source: Arc<Source>,
     pub gateway: Option<Gateway>,
     pub services: Vec<Service>,
+    /// The admin listener (`/metrics`, `/status`, `/reload`); none when absent.
+    pub admin: Option<Admin>,
+    /// How `serve` stops: in-flight requests get this long after SIGTERM.
+    pub drain: Duration,
+}
+
+/// The `[admin]` section.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: Located<SocketAddr>,
 }
 
 impl Farm {
@@ -78,9 +90,115 @@ pub struct Service {
     pub mode: Mode,
     pub balance: Balance,
     pub backends: Vec<Backend>,
+    /// Active checks; every service has them (a tcp check when not configured).
+    pub health: Health,
+    /// What only the userspace proxy uses; defaults for nat services, where
+    /// validation refuses the keys.
+    pub proxy: ProxyOptions,
+}
+
+/// `health = { ... }`: active checks with rise/fall, as HAProxy's `check inter
+/// rise fall` (whose defaults, 2s/2/3, these are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            check: Check::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The backend accepts a TCP connection.
+    Tcp,
+    /// `GET path` answers with status `expect`.
+    Http { path: String, expect: u16 },
+}
+
+/// Options of the userspace proxy (modes http and tcp).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyOptions {
+    pub access_log: Option<AccessLog>,
+    pub timeouts: Timeouts,
+    /// Client connections open at once; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Largest request head (request line and headers) in bytes; more is 431.
+    pub max_header: usize,
+    /// Largest request body in bytes (413 beyond it); none means unlimited,
+    /// which still costs bounded memory because bodies are streamed.
+    pub max_body: Option<u64>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> ProxyOptions {
+        ProxyOptions {
+            access_log: None,
+            timeouts: Timeouts::default(),
+            max_connections: 10_000,
+            max_header: 64 * 1024,
+            max_body: None,
+        }
+    }
+}
+
+/// `timeouts = { ... }`, named as nginx and HAProxy users know them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection to a backend.
+    pub connect: Duration,
+    /// Receiving a request's head from the client (the slowloris bound).
+    pub header: Duration,
+    /// A keep-alive client connection with no request, or a tcp-mode
+    /// connection with no traffic either way.
+    pub idle: Duration,
+    /// From the request head to the end of the response head from the backend.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where a service's access log goes (Apache combined format plus backend and
+/// upstream time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    File(PathBuf),
+    /// RFC 3164 over UDP, as nginx's `access_log syslog:server=`.
+    Syslog(String),
+    Stdout,
 }
 
 impl Service {
+    /// Where the proxy binds: the listen address, or every address (IPv6 and
+    /// IPv4) when only a port is given.
+    pub fn bind_addr(&self) -> SocketAddr {
+        let ip = self.listen.addr.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        SocketAddr::new(ip, self.listen.port)
+    }
+
     /// The name made safe for nftables and iptables identifiers (which do not
     /// allow '-'; names never contain '_', so the mapping is one-to-one).
     pub fn ident(&self) -> String {
@@ -151,6 +269,12 @@ pub enum Balance {
     Maglev,
     /// Uniformly random.
     Random,
+    /// The backend with the fewest connections in flight (proxy only).
+    LeastConn,
+    /// The less loaded of two backends drawn at random (proxy only).
+    RandomTwo,
+    /// A cookie names the backend; new clients round-robin (http only).
+    Cookie,
 }
 
 impl Balance {
@@ -160,6 +284,9 @@ impl Balance {
         ("source-hash", Balance::SourceHash),
         ("maglev", Balance::Maglev),
         ("random", Balance::Random),
+        ("least-conn", Balance::LeastConn),
+        ("random-two", Balance::RandomTwo),
+        ("cookie", Balance::Cookie),
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -171,7 +298,22 @@ impl Balance {
 
     /// Methods for which a backend's weight means something.
     pub fn honours_weights(self) -> bool {
-        matches!(self, Balance::Weighted | Balance::SourceHash | Balance::Maglev)
+        matches!(
+            self,
+            Balance::Weighted | Balance::SourceHash | Balance::Maglev | Balance::LeastConn | Balance::Cookie
+        )
+    }
+
+    /// Whether the kernel can do it (counters and hashes), or only the proxy
+    /// (which knows connections in flight and sees cookies).
+    pub fn in_kernel(self) -> bool {
+        !matches!(self, Balance::LeastConn | Balance::RandomTwo | Balance::Cookie)
+    }
+
+    /// Whether the proxy does it (Maglev's point is the kernel's stateless
+    /// consistency; the proxy's source-hash is already consistent).
+    pub fn in_proxy(self) -> bool {
+        self != Balance::Maglev
     }
 }
 
@@ -180,4 +322,16 @@ pub struct Backend {
     pub addr: Located<SocketAddr>,
     /// 1..=256, 1 when not given.
     pub weight: u32,
+    /// What status, metrics and the stickiness cookie call it.
+    pub name: Option<Located<String>>,
+}
+
+impl Backend {
+    /// The name when given, else the address: how people see the backend.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.value.clone(),
+            None => self.addr.value.to_string(),
+        }
+    }
 }

@@ -17,6 +17,41 @@ pub struct File {
     pub gateway: Option<Spanned<Gateway>>,
     #[serde(default)]
     pub service: Vec<Spanned<Service>>,
+    pub admin: Option<Spanned<Admin>>,
+    pub serve: Option<Spanned<Serve>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Serve {
+    pub drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub check: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub expect: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub connect: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+    pub request: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -43,9 +78,16 @@ pub struct Service {
     pub mode: Option<Spanned<String>>,
     pub balance: Option<Spanned<String>>,
     pub backends: Spanned<Vec<Spanned<Backend>>>,
+    pub health: Option<Spanned<Health>>,
+    pub access_log: Option<Spanned<String>>,
+    pub timeouts: Option<Spanned<Timeouts>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_header: Option<Spanned<String>>,
+    pub max_body: Option<Spanned<String>>,
 }
 
-/// A backend is either `"10.0.0.11:80"` or `{ addr = "10.0.0.11:80", weight = 3 }`.
+/// A backend is either `"10.0.0.11:80"` or
+/// `{ addr = "10.0.0.11:80", weight = 3, name = "web1" }`.
 ///
 /// Written by hand rather than with `#[serde(untagged)]` because untagged enums
 /// buffer their input and lose the positions we need for diagnostics.
@@ -56,6 +98,7 @@ pub struct Backend {
     /// is the element's own, which the enclosing `Spanned` carries.
     pub addr_span: Option<std::ops::Range<usize>>,
     pub weight: Option<Spanned<i64>>,
+    pub name: Option<Spanned<String>>,
 }
 
 impl<'de> Deserialize<'de> for Backend {
@@ -66,13 +109,13 @@ impl<'de> Deserialize<'de> for Backend {
 
 struct BackendVisitor;
 
-const BACKEND_FIELDS: &[&str] = &["addr", "weight"];
+const BACKEND_FIELDS: &[&str] = &["addr", "weight", "name"];
 
 impl<'de> Visitor<'de> for BackendVisitor {
     type Value = Backend;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(r#"a backend "ADDR:PORT" or a table { addr = "ADDR:PORT", weight = N }"#)
+        f.write_str(r#"a backend "ADDR:PORT" or a table { addr = "ADDR:PORT", weight = N, name = "NAME" }"#)
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Backend, E> {
@@ -80,18 +123,22 @@ impl<'de> Visitor<'de> for BackendVisitor {
             addr: value.to_owned(),
             addr_span: None,
             weight: None,
+            name: None,
         })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Backend, A::Error> {
         let mut addr = None;
         let mut weight = None;
+        let mut name = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "addr" if addr.is_some() => return Err(de::Error::duplicate_field("addr")),
                 "addr" => addr = Some(map.next_value::<Spanned<String>>()?),
                 "weight" if weight.is_some() => return Err(de::Error::duplicate_field("weight")),
                 "weight" => weight = Some(map.next_value::<Spanned<i64>>()?),
+                "name" if name.is_some() => return Err(de::Error::duplicate_field("name")),
+                "name" => name = Some(map.next_value::<Spanned<String>>()?),
                 other => return Err(de::Error::unknown_field(other, BACKEND_FIELDS)),
             }
         }
@@ -100,6 +147,7 @@ impl<'de> Visitor<'de> for BackendVisitor {
             addr_span: Some(addr.span()),
             addr: addr.into_inner(),
             weight,
+            name,
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Farm, Mode};
+use crate::model::{Check, Farm, Mode};
 
 impl Farm {
     pub fn summary(&self) -> String {
@@ -37,10 +37,15 @@ impl Farm {
                 .backends
                 .iter()
                 .map(|b| {
+                    let name = b
+                        .name
+                        .as_ref()
+                        .map(|n| format!("{} ", n.value))
+                        .unwrap_or_default();
                     if s.balance.honours_weights() && b.weight != 1 {
-                        format!("{} (weight {})", b.addr.value, b.weight)
+                        format!("{name}{} (weight {})", b.addr.value, b.weight)
                     } else {
-                        b.addr.value.to_string()
+                        format!("{name}{}", b.addr.value)
                     }
                 })
                 .collect();
@@ -59,10 +64,28 @@ impl Farm {
         if self.gateway.is_none() && self.services.is_empty() {
             out.push_str("nothing configured: add a [gateway] section or a [[service]]\n");
         }
+        for s in &self.services {
+            let check = match &s.health.check {
+                Check::Tcp => "tcp".to_owned(),
+                Check::Http { path, expect } => format!("http GET {path} expects {expect}"),
+            };
+            let _ = writeln!(
+                out,
+                "         {:width$}  health {check} every {}, down after {} failures, up after {} successes",
+                "",
+                humantime::format_duration(s.health.interval),
+                s.health.fall,
+                s.health.rise,
+            );
+        }
         if self.services.iter().any(|s| s.mode != Mode::Nat) {
-            out.push_str(
-                "note: http and tcp services are served by the userspace proxy, which this version \
-                 does not include yet; apply only opens their ports in the firewall\n",
+            out.push_str("http and tcp services are served by the userspace proxy of `gatehouse serve`\n");
+        }
+        if let Some(admin) = &self.admin {
+            let _ = writeln!(
+                out,
+                "admin    http://{}/ (metrics, status, reload)",
+                admin.listen.value
             );
         }
         out

@@ -4,13 +4,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
 use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Source};
-use crate::model::{Backend, Balance, Farm, Gateway, Listen, Located, Mode, Service};
+use crate::model::{
+    AccessLog, Admin, Backend, Balance, Check, Farm, Gateway, Health, Listen, Located, Mode, ProxyOptions,
+    Service,
+};
 use crate::raw;
 
 /// Weights are small integers, as in HAProxy (which allows 0..=256; 0 would mean
@@ -18,6 +23,8 @@ use crate::raw;
 const MAX_WEIGHT: i64 = 256;
 /// Names become iptables chain names ("GH-" + name), which may be 28 characters.
 const MAX_NAME_LEN: usize = 24;
+/// How long `serve` lets in-flight requests finish after SIGTERM, by default.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
     let mut v = Validator::default();
@@ -28,16 +35,50 @@ pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
         .filter_map(|s| v.service(s, gateway.as_ref()))
         .collect();
     v.across_services(&services, gateway.as_ref());
+    let admin = file.admin.and_then(|a| v.admin(a));
+    let drain = file
+        .serve
+        .and_then(|s| s.into_inner().drain)
+        .and_then(|d| v.duration(d, "drain"))
+        .unwrap_or(DEFAULT_DRAIN);
+    if let Some(admin) = &admin
+        && let Some(clash) = services
+            .iter()
+            .find(|s| s.mode != Mode::Nat && s.bind_addr().port() == admin.listen.port())
+    {
+        v.error(
+            Diagnostic::new(format!(
+                "admin listens on port {}, as service \"{}\" does",
+                admin.listen.port(),
+                clash.name.value
+            ))
+            .at(admin.listen.span.clone())
+            .related(clash.listen.span.clone(), "service listens here")
+            .help("give the admin listener its own port, e.g. \"127.0.0.1:9900\""),
+        );
+    }
     if v.errors.is_empty() {
         Ok(Farm {
             source,
             gateway,
             services,
+            admin,
+            drain,
         })
     } else {
         v.errors.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
         Err(Diagnostics::new(source, v.errors))
     }
+}
+
+/// The service keys only the proxy reads, taken together so a nat service
+/// can be told about each one it sets.
+struct ProxyKeys {
+    access_log: Option<Spanned<String>>,
+    timeouts: Option<Spanned<raw::Timeouts>>,
+    max_connections: Option<Spanned<i64>>,
+    max_header: Option<Spanned<String>>,
+    max_body: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -168,11 +209,31 @@ impl Validator {
         let name = self.service_name(raw.name);
         let listen = self.listen(raw.listen);
         let mode = self.mode(raw.mode, table_span.clone(), gateway);
-        let balance = self.balance(raw.balance);
+        let balance = self.balance(raw.balance, mode);
         let backends_span = raw.backends.span();
         let mut backends: Vec<Backend> = Vec::new();
         for entry in raw.backends.into_inner() {
             if let Some(backend) = self.backend(entry, mode, balance, gateway) {
+                if let (Some(name), Some(first)) = (
+                    &backend.name,
+                    backends.iter().find(|b| {
+                        b.name.as_ref().map(|n| &n.value) == backend.name.as_ref().map(|n| &n.value)
+                    }),
+                ) {
+                    self.error(
+                        Diagnostic::new(format!("backend name \"{}\" is used twice", name.value))
+                            .at(name.span.clone())
+                            .related(
+                                first
+                                    .name
+                                    .as_ref()
+                                    .map_or(first.addr.span.clone(), |n| n.span.clone()),
+                                "first used here",
+                            )
+                            .help("give every backend of a service its own name"),
+                    );
+                    continue;
+                }
                 if let Some(first) = backends.iter().find(|b| b.addr.value == backend.addr.value) {
                     self.error(
                         Diagnostic::new(format!("backend {} is listed twice", backend.addr.value))
@@ -201,6 +262,20 @@ impl Validator {
                     .help("give one of the gateway's IPv4 WAN addresses, or only the port"),
             );
         }
+        let health = match raw.health {
+            Some(raw) => self.health(raw).unwrap_or_default(),
+            None => Health::default(),
+        };
+        let proxy = self.proxy_options(
+            ProxyKeys {
+                access_log: raw.access_log,
+                timeouts: raw.timeouts,
+                max_connections: raw.max_connections,
+                max_header: raw.max_header,
+                max_body: raw.max_body,
+            },
+            mode,
+        );
         if self.errors.len() != errors_before {
             return None;
         }
@@ -210,7 +285,261 @@ impl Validator {
             mode: mode?,
             balance: balance?,
             backends,
+            health,
+            proxy,
         })
+    }
+
+    fn health(&mut self, raw: Spanned<raw::Health>) -> Option<Health> {
+        let table_span = raw.span();
+        let raw = raw.into_inner();
+        let defaults = Health::default();
+        let kind = raw.check.as_ref().map(|c| (c.get_ref().as_str(), c.span()));
+        let check = match kind {
+            None | Some(("tcp", _)) => {
+                for (key, span) in [
+                    ("path", raw.path.as_ref().map(|p| p.span())),
+                    ("expect", raw.expect.as_ref().map(|e| e.span())),
+                ] {
+                    if let Some(span) = span {
+                        self.error(
+                            Diagnostic::new(format!("{key} applies to http checks"))
+                                .at(span)
+                                .help("add check = \"http\" to the health table, or remove the key"),
+                        );
+                    }
+                }
+                Check::Tcp
+            }
+            Some(("http", _)) => {
+                let path = match raw.path {
+                    None => "/".to_owned(),
+                    Some(path)
+                        if path.get_ref().starts_with('/')
+                            && !path.get_ref().chars().any(char::is_whitespace) =>
+                    {
+                        path.into_inner()
+                    }
+                    Some(path) => {
+                        self.error(
+                            Diagnostic::new(format!("health path \"{}\" is not a URL path", path.get_ref()))
+                                .at(path.span())
+                                .help(
+                                    "write the path the check requests, starting with '/', e.g. \"/healthz\"",
+                                ),
+                        );
+                        return None;
+                    }
+                };
+                let expect = match raw.expect {
+                    None => 200,
+                    Some(code) if (100..=599).contains(code.get_ref()) => *code.get_ref() as u16,
+                    Some(code) => {
+                        self.error(
+                            Diagnostic::new(format!("{} is not an HTTP status", code.get_ref()))
+                                .at(code.span())
+                                .help("expect is the status a healthy backend answers, e.g. 200"),
+                        );
+                        return None;
+                    }
+                };
+                Check::Http { path, expect }
+            }
+            Some((other, span)) => {
+                self.error(
+                    Diagnostic::new(format!("unknown health check \"{other}\""))
+                        .at(span)
+                        .help("use check = \"tcp\" (the backend accepts connections) or \"http\" (GET path answers expect)"),
+                );
+                return None;
+            }
+        };
+        let interval = raw
+            .interval
+            .map_or(Some(defaults.interval), |d| self.duration(d, "interval"))?;
+        let timeout_span = raw.timeout.as_ref().map(|t| t.span());
+        let timeout = raw
+            .timeout
+            .map_or(Some(defaults.timeout), |d| self.duration(d, "timeout"))?;
+        let rise = raw.rise.map_or(Some(defaults.rise), |r| self.count(r, "rise"))?;
+        let fall = raw.fall.map_or(Some(defaults.fall), |f| self.count(f, "fall"))?;
+        if timeout > interval {
+            self.error(
+                Diagnostic::new(format!(
+                    "health timeout {} is longer than the interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ))
+                .at(timeout_span.unwrap_or(table_span))
+                .help("a check must end before the next one starts: make timeout at most interval"),
+            );
+            return None;
+        }
+        Some(Health {
+            check,
+            interval,
+            timeout,
+            rise,
+            fall,
+        })
+    }
+
+    fn count(&mut self, raw: Spanned<i64>, key: &str) -> Option<u32> {
+        match *raw.get_ref() {
+            n @ 1..=100 => Some(n as u32),
+            n => {
+                self.error(
+                    Diagnostic::new(format!("{key} = {n} is out of range"))
+                        .at(raw.span())
+                        .help(format!("{key} counts consecutive checks: from 1 to 100")),
+                );
+                None
+            }
+        }
+    }
+
+    /// "2s", "500ms", "1m 30s" (humantime's syntax); zero is refused because
+    /// every duration here is a period or a limit.
+    fn duration(&mut self, raw: Spanned<String>, key: &str) -> Option<Duration> {
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.error(
+                    Diagnostic::new(format!("{key} \"{}\" is not a duration", raw.get_ref()))
+                        .at(raw.span())
+                        .help("write a number and a unit, e.g. \"500ms\", \"2s\", \"1m\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// "64KiB", "10MB", "1GiB" or a byte count.
+    fn size(&mut self, raw: Spanned<String>, key: &str) -> Option<u64> {
+        match raw.get_ref().trim().parse::<bytesize::ByteSize>() {
+            Ok(size) if size.as_u64() > 0 => Some(size.as_u64()),
+            _ => {
+                self.error(
+                    Diagnostic::new(format!("{key} \"{}\" is not a size", raw.get_ref()))
+                        .at(raw.span())
+                        .help("write a number and a unit, e.g. \"16KiB\", \"10MiB\", \"1GB\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn proxy_options(&mut self, raw: ProxyKeys, mode: Option<Mode>) -> ProxyOptions {
+        let mut options = ProxyOptions::default();
+        if mode == Some(Mode::Nat) {
+            let spans = [
+                ("access_log", raw.access_log.as_ref().map(|v| v.span())),
+                ("timeouts", raw.timeouts.as_ref().map(|v| v.span())),
+                ("max_connections", raw.max_connections.as_ref().map(|v| v.span())),
+                ("max_header", raw.max_header.as_ref().map(|v| v.span())),
+                ("max_body", raw.max_body.as_ref().map(|v| v.span())),
+            ];
+            for (key, span) in spans {
+                if let Some(span) = span {
+                    self.error(
+                        Diagnostic::new(format!("{key} applies to the userspace proxy, not to nat services"))
+                            .at(span)
+                            .help("the kernel forwards nat connections untouched; use mode = \"http\" or \"tcp\" for this, or remove the key"),
+                    );
+                }
+            }
+            return options;
+        }
+        if let Some(log) = raw.access_log {
+            options.access_log = self.access_log(log);
+        }
+        if let Some(t) = raw.timeouts {
+            let t = t.into_inner();
+            let mut set = |value: Option<Spanned<String>>, key: &str, slot: &mut Duration| {
+                if let Some(d) = value.and_then(|v| self.duration(v, key)) {
+                    *slot = d;
+                }
+            };
+            set(t.connect, "connect", &mut options.timeouts.connect);
+            set(t.header, "header", &mut options.timeouts.header);
+            set(t.idle, "idle", &mut options.timeouts.idle);
+            set(t.request, "request", &mut options.timeouts.request);
+        }
+        if let Some(max) = raw.max_connections {
+            match u32::try_from(*max.get_ref()) {
+                Ok(n) if n > 0 => options.max_connections = n,
+                _ => self.error(
+                    Diagnostic::new(format!("max_connections = {} is out of range", max.get_ref()))
+                        .at(max.span())
+                        .help("give the number of client connections to serve at once, e.g. 10000"),
+                ),
+            }
+        }
+        if let Some(raw) = raw.max_header {
+            let span = raw.span();
+            if let Some(size) = self.size(raw, "max_header") {
+                if (8192..=1 << 20).contains(&size) {
+                    options.max_header = size as usize;
+                } else {
+                    self.error(
+                        Diagnostic::new("max_header must be from 8KiB to 1MiB")
+                            .at(span)
+                            .help("request heads are small; 64KiB (the default) fits every real browser"),
+                    );
+                }
+            }
+        }
+        if let Some(raw) = raw.max_body {
+            options.max_body = self.size(raw, "max_body");
+        }
+        options
+    }
+
+    fn access_log(&mut self, raw: Spanned<String>) -> Option<AccessLog> {
+        let text = raw.get_ref().as_str();
+        if text == "stdout" {
+            return Some(AccessLog::Stdout);
+        }
+        if let Some(target) = text.strip_prefix("syslog://") {
+            let valid = target
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+            if valid {
+                return Some(AccessLog::Syslog(target.to_owned()));
+            }
+            self.error(
+                Diagnostic::new(format!("access_log \"{text}\" has no HOST:PORT"))
+                    .at(raw.span())
+                    .help("write syslog://HOST:PORT, e.g. \"syslog://10.0.0.2:514\""),
+            );
+            return None;
+        }
+        if text.starts_with('/') {
+            return Some(AccessLog::File(PathBuf::from(text)));
+        }
+        self.error(
+            Diagnostic::new(format!("access_log \"{text}\" is not a file, syslog or stdout"))
+                .at(raw.span())
+                .help("write an absolute path (\"/var/log/gatehouse/app.log\"), \"syslog://HOST:PORT\" or \"stdout\""),
+        );
+        None
+    }
+
+    fn admin(&mut self, raw: Spanned<raw::Admin>) -> Option<Admin> {
+        let listen = raw.into_inner().listen;
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => Some(Admin {
+                listen: Located::new(addr, listen.span()),
+            }),
+            _ => {
+                self.error(
+                    Diagnostic::new(format!("admin listen \"{}\" is not an ADDR:PORT", listen.get_ref()))
+                        .at(listen.span())
+                        .help("the admin listener needs an address and port, e.g. \"127.0.0.1:9900\" (keep it off the internet)"),
+                );
+                None
+            }
+        }
     }
 
     fn service_name(&mut self, raw: Spanned<String>) -> Located<String> {
@@ -313,12 +642,34 @@ impl Validator {
         Some(mode)
     }
 
-    fn balance(&mut self, raw: Option<Spanned<String>>) -> Option<Balance> {
+    fn balance(&mut self, raw: Option<Spanned<String>>, mode: Option<Mode>) -> Option<Balance> {
         let Some(raw) = raw else {
             return Some(Balance::RoundRobin);
         };
         match Balance::ALL.iter().find(|(name, _)| *name == raw.get_ref()) {
-            Some(&(_, balance)) => Some(balance),
+            Some(&(_, balance)) => {
+                let refusal = match mode {
+                    Some(Mode::Nat) if !balance.in_kernel() => Some((
+                        format!("balance = \"{}\" needs the userspace proxy", balance.as_str()),
+                        "the kernel sees packets, not connections in flight or cookies: use mode = \"http\" (or \"tcp\"), \
+                         or a kernel method (round-robin, weighted, random, source-hash, maglev)",
+                    )),
+                    Some(Mode::Http | Mode::Tcp) if !balance.in_proxy() => Some((
+                        format!("balance = \"{}\" is for nat services", balance.as_str()),
+                        "the proxy's source-hash is already consistent (removing a backend moves only its clients): use it",
+                    )),
+                    Some(Mode::Tcp) if balance == Balance::Cookie => Some((
+                        "balance = \"cookie\" needs mode = \"http\"".to_owned(),
+                        "a tcp service cannot see cookies: use source-hash to keep a client on one backend",
+                    )),
+                    _ => None,
+                };
+                if let Some((message, help)) = refusal {
+                    self.error(Diagnostic::new(message).at(raw.span()).help(help));
+                    return None;
+                }
+                Some(balance)
+            }
             None => {
                 let names: Vec<String> = Balance::ALL.iter().map(|(n, _)| format!("\"{n}\"")).collect();
                 self.error(
@@ -415,10 +766,28 @@ impl Validator {
                 value as u32
             }
         };
+        let name = raw.name.and_then(|name| self.backend_name(name));
         Some(Backend {
             addr: Located::new(addr, span),
             weight,
+            name,
         })
+    }
+
+    /// Backend names go into cookies, metric labels and log lines, so they are
+    /// kept to characters none of those need to escape.
+    fn backend_name(&mut self, raw: Spanned<String>) -> Option<Located<String>> {
+        let name = raw.get_ref();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if name.is_empty() || name.len() > 32 || !name.chars().all(allowed) {
+            self.error(
+                Diagnostic::new(format!("\"{name}\" is not a valid backend name"))
+                    .at(raw.span())
+                    .help("a backend name is 1 to 32 letters, digits, '.', '_' or '-', e.g. \"web1\""),
+            );
+            return None;
+        }
+        Some(Located::new(raw.get_ref().clone(), raw.span()))
     }
 
     fn across_services(&mut self, services: &[Service], gateway: Option<&Gateway>) {

@@ -1,47 +1,15 @@
 //! Every rule of the config reference, broken once: the message says what is
 //! wrong and the position points at the offending value.
 
-use gatehouse_config::{Balance, Diagnostics, Farm, Mode};
+mod common;
+
+use common::{at, error, errors, farm};
+use gatehouse_config::{Balance, Mode};
 
 const GATEWAY: &str = r#"[gateway]
 wan = "eth0"
 lan = "eth1"
 "#;
-
-fn farm(text: &str) -> Farm {
-    match Farm::parse("farm.toml", text) {
-        Ok(farm) => farm,
-        Err(d) => panic!("expected a valid farm, got:\n{}", d.render(false)),
-    }
-}
-
-fn errors(text: &str) -> Diagnostics {
-    match Farm::parse("farm.toml", text) {
-        Ok(_) => panic!("expected errors for:\n{text}"),
-        Err(d) => d,
-    }
-}
-
-/// The single error's message and `line:column`.
-fn error(text: &str) -> (String, String) {
-    let d = errors(text);
-    assert_eq!(d.items.len(), 1, "expected one error, got:\n{}", d.render(false));
-    let location = d.location(0).expect("error has a position");
-    (
-        d.items[0].message.clone(),
-        location.trim_start_matches("farm.toml:").to_owned(),
-    )
-}
-
-/// Line and column of the first occurrence of `needle` in `text`.
-fn at(text: &str, needle: &str) -> String {
-    let offset = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("{needle} not in text"));
-    let line = text[..offset].matches('\n').count() + 1;
-    let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!("{line}:{col}")
-}
 
 #[test]
 fn the_seed_farm_example_is_valid() {

@@ -16,6 +16,7 @@
 //! itself down when dropped (processes by pid, then the namespaces, then its run
 //! directory), including when `up` fails midway or a test panics.
 
+pub mod loopback;
 mod persist;
 mod teardown;
 mod topology;
@@ -116,12 +117,18 @@ pub struct LabSpec {
     pub run_dir: PathBuf,
 }
 
+/// A number unique within this process, for names that must not collide
+/// between tests running in parallel.
+pub(crate) fn next_serial() -> usize {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
 impl LabSpec {
     /// A spec whose name is unique to this process and call (`gh<pid>x<counter>`),
     /// with its run directory under the system temp directory and [`WebKind::Auto`].
     pub fn unique(backends: usize, builtin_web: Vec<OsString>) -> LabSpec {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = next_serial();
         let name = format!("gh{}x{n}", std::process::id());
         let run_dir = std::env::temp_dir().join(format!("gatehouse-lab-{name}"));
         LabSpec {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::{self, Host};
 use crate::live::{self, LiveTable};
-use crate::plan::{self, LiveMaps};
+use crate::plan::{self, InRotation, LiveMaps};
 use crate::{diff, nft};
 
 /// Why an apply did not happen.
@@ -163,8 +163,17 @@ pub struct Applied {
 
 /// The ruleset `apply` would install for this farm, given the live table.
 pub fn definition(farm: &Farm, live: Option<&LiveTable>) -> (crate::ir::Ruleset, String) {
+    definition_in_rotation(farm, live, &InRotation::new())
+}
+
+/// As [`definition`], with the maps holding only the backends in rotation.
+pub fn definition_in_rotation(
+    farm: &Farm,
+    live: Option<&LiveTable>,
+    rotation: &InRotation,
+) -> (crate::ir::Ruleset, String) {
     let empty = LiveMaps::new();
-    let ruleset = plan::ruleset(farm, live.map_or(&empty, |l| &l.maps));
+    let ruleset = plan::ruleset_in_rotation(farm, live.map_or(&empty, |l| &l.maps), rotation);
     let text = if ruleset.chains.is_empty() && ruleset.dispatches.is_empty() {
         String::new()
     } else {
@@ -180,6 +189,18 @@ pub fn apply(
     state: &StateDir,
     confirm: Option<Duration>,
 ) -> Result<Applied, Error> {
+    apply_in_rotation(farm, host, state, confirm, &InRotation::new())
+}
+
+/// As [`apply`], with each nat map holding only the backends health checks
+/// keep in rotation: what `gatehouse serve` applies on start and reload.
+pub fn apply_in_rotation(
+    farm: &Farm,
+    host: &Host,
+    state: &StateDir,
+    confirm: Option<Duration>,
+    rotation: &InRotation,
+) -> Result<Applied, Error> {
     if farm.gateway.is_none() {
         return Err(Error::Failed(anyhow::anyhow!(
             "the file has no [gateway] section, so there is nothing to install in the kernel \
@@ -193,7 +214,7 @@ pub fn apply(
     }
     let _lock = state.lock()?;
     let live = live::read(host)?;
-    let (ruleset, definition) = definition(farm, live.as_ref());
+    let (ruleset, definition) = definition_in_rotation(farm, live.as_ref(), rotation);
     let pending_before = state.pending()?;
     let probation = pending_before.is_some();
 

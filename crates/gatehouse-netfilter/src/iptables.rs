@@ -226,7 +226,10 @@ fn dispatch(out: &mut String, d: &Dispatch, warnings: &mut Vec<String>) {
     };
     let weights: Vec<u32> = d.backends.iter().map(|b| b.1).collect();
     match d.balance {
-        Balance::RoundRobin => nth_chain(out, &(0..d.backends.len()).collect::<Vec<_>>()),
+        // Proxy-only methods never reach a nat dispatch (validation refuses them).
+        Balance::RoundRobin | Balance::LeastConn | Balance::RandomTwo | Balance::Cookie => {
+            nth_chain(out, &(0..d.backends.len()).collect::<Vec<_>>())
+        }
         Balance::Weighted => nth_chain(out, &d.slots[..slots::cycle_len(&weights)]),
         Balance::Random => {
             let mut remaining: u32 = weights.iter().sum();

@@ -12,6 +12,7 @@ pub mod maglev;
 pub mod nft;
 pub mod plan;
 pub mod slots;
+pub mod update;
 
 pub use apply::{Applied, Error, Pending, StateDir, WatchdogOutcome};
 pub use host::{Host, HostFacts};

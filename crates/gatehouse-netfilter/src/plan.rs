@@ -33,7 +33,23 @@ const DROP_LOG_BURST: u32 = 5;
 pub const DROP_LOG_PREFIX: &str = "gatehouse forward drop: ";
 
 pub fn ruleset(farm: &Farm, live: &LiveMaps) -> Ruleset {
-    let dispatches: Vec<Dispatch> = farm.nat_services().map(|s| dispatch(s, live)).collect();
+    ruleset_in_rotation(farm, live, &InRotation::new())
+}
+
+/// Which backends of each nat service (by name; flags in file order) health
+/// checks keep in rotation. A service not listed has every backend in.
+pub type InRotation = BTreeMap<String, Vec<bool>>;
+
+/// The ruleset with each map as `gatehouse serve`'s health checks left it, so
+/// that re-applying an unchanged file under serve changes nothing (a map
+/// planned all-up would differ from the live one whenever a backend is down,
+/// and replacing the table would put the dead backend back for a moment and
+/// reset the round-robin counters).
+pub fn ruleset_in_rotation(farm: &Farm, live: &LiveMaps, rotation: &InRotation) -> Ruleset {
+    let dispatches: Vec<Dispatch> = farm
+        .nat_services()
+        .map(|s| dispatch(s, live, rotation.get(&s.name.value)))
+        .collect();
     let Some(gateway) = &farm.gateway else {
         // No gateway, no kernel rules: proxy-only farms run without a table.
         return Ruleset {
@@ -252,48 +268,101 @@ fn by_family(nets: impl Iterator<Item = IpNet>) -> Vec<Vec<IpNet>> {
     [v4, v6].into_iter().filter(|v| !v.is_empty()).collect()
 }
 
-fn dispatch(s: &Service, live: &LiveMaps) -> Dispatch {
-    let backends: Vec<(SocketAddrV4, u32)> = s
-        .backends
+fn dispatch(s: &Service, live: &LiveMaps, up: Option<&Vec<bool>>) -> Dispatch {
+    let backends = nat_backends(s);
+    let up = match up {
+        Some(up) if up.len() == backends.len() => up.clone(),
+        _ => vec![true; backends.len()],
+    };
+    let previous = live.get(&map_name(s)).map(Vec::as_slice);
+    Dispatch {
+        ident: s.ident(),
+        balance: s.balance,
+        key: slot_key(s.balance),
+        slots: slot_table(s.balance, &backends, &up, previous),
+        backends,
+    }
+}
+
+/// The name of a nat service's backend map.
+pub(crate) fn map_name(s: &Service) -> String {
+    format!("backends_{}", s.ident())
+}
+
+/// A nat service's backends and weights, in file order.
+pub(crate) fn nat_backends(s: &Service) -> Vec<(SocketAddrV4, u32)> {
+    s.backends
         .iter()
         .map(|b| match b.addr.value {
             SocketAddr::V4(addr) => (addr, b.weight),
             SocketAddr::V6(_) => unreachable!("config validation refuses IPv6 nat backends"),
         })
-        .collect();
-    let weights: Vec<u32> = backends.iter().map(|b| b.1).collect();
-    let all_up = vec![true; backends.len()];
-    let (key, slots) = match s.balance {
-        Balance::RoundRobin | Balance::Weighted => (SlotKey::Counter, slots::table(&weights, &all_up)),
-        Balance::Random => (SlotKey::Random, slots::table(&weights, &all_up)),
-        Balance::SourceHash => (SlotKey::SourceHash, slots::table(&weights, &all_up)),
-        Balance::Maglev => (SlotKey::FlowHash, maglev_slots(s, &backends, live)),
-    };
-    Dispatch {
-        ident: s.ident(),
-        balance: s.balance,
-        backends,
-        key,
-        slots,
+        .collect()
+}
+
+fn slot_key(balance: Balance) -> SlotKey {
+    match balance {
+        Balance::RoundRobin | Balance::Weighted => SlotKey::Counter,
+        Balance::Random => SlotKey::Random,
+        Balance::SourceHash => SlotKey::SourceHash,
+        Balance::Maglev => SlotKey::FlowHash,
+        // Validation refuses proxy-only methods on nat services; were one to
+        // slip through, plain round-robin is the safe reading.
+        Balance::LeastConn | Balance::RandomTwo | Balance::Cookie => SlotKey::Counter,
     }
 }
 
-fn maglev_slots(s: &Service, backends: &[(SocketAddrV4, u32)], live: &LiveMaps) -> Vec<usize> {
-    let ids: Vec<String> = backends.iter().map(|(addr, _)| addr.to_string()).collect();
+/// How many slots a nat service's map has: fixed by the configured backends,
+/// whatever their health, so the DNAT rule never changes.
+pub(crate) fn slot_count(balance: Balance, backends: &[(SocketAddrV4, u32)]) -> usize {
+    match balance {
+        Balance::Maglev => maglev::TABLE_SIZE,
+        _ => slots::slot_count(&backends.iter().map(|b| b.1).collect::<Vec<_>>()),
+    }
+}
+
+/// A nat service's slot table with the backends flagged in `up` in rotation
+/// (none up: all of them, failing open). `previous` is the live map slot by
+/// slot: Maglev keeps each slot whose backend stays in rotation.
+pub(crate) fn slot_table(
+    balance: Balance,
+    backends: &[(SocketAddrV4, u32)],
+    up: &[bool],
+    previous: Option<&[SocketAddrV4]>,
+) -> Vec<usize> {
+    match balance {
+        Balance::Maglev => maglev_slots(backends, up, previous),
+        _ => slots::table(&backends.iter().map(|b| b.1).collect::<Vec<_>>(), up),
+    }
+}
+
+fn maglev_slots(
+    backends: &[(SocketAddrV4, u32)],
+    up: &[bool],
+    previous: Option<&[SocketAddrV4]>,
+) -> Vec<usize> {
+    assert_eq!(backends.len(), up.len(), "one up flag per backend");
+    let fail_open = !up.contains(&true);
+    let in_rotation: Vec<usize> = (0..backends.len()).filter(|&i| up[i] || fail_open).collect();
+    let ids: Vec<String> = in_rotation.iter().map(|&i| backends[i].0.to_string()).collect();
     let members: Vec<maglev::Member<'_>> = ids
         .iter()
-        .zip(backends)
-        .map(|(id, &(_, weight))| maglev::Member { id, weight })
+        .zip(&in_rotation)
+        .map(|(id, &i)| maglev::Member {
+            id,
+            weight: backends[i].1,
+        })
         .collect();
-    let map_name = format!("backends_{}", s.ident());
-    let previous: Option<Vec<Option<usize>>> = live
-        .get(&map_name)
+    let previous: Option<Vec<Option<usize>>> = previous
         .filter(|slots| slots.len() == maglev::TABLE_SIZE)
         .map(|slots| {
             slots
                 .iter()
-                .map(|addr| backends.iter().position(|(b, _)| b == addr))
+                .map(|addr| in_rotation.iter().position(|&i| backends[i].0 == *addr))
                 .collect()
         });
     maglev::table(&members, previous.as_deref())
+        .into_iter()
+        .map(|member| in_rotation[member])
+        .collect()
 }

@@ -22,6 +22,12 @@ pub struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+impl ConfigArg {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+}
+
 #[derive(clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]

@@ -36,6 +36,37 @@ fn round_robin_alternates_between_the_two_web_servers() {
     );
 }
 
+/// The seed's wget loop, as `gatehouse probe` run from the client's namespace.
+#[test]
+fn probe_from_the_internet_sees_each_web_server_take_half() {
+    let farm = Farm::new(2);
+    farm.apply(include_str!("../../../examples/seed-farm.toml"));
+    let out = std::process::Command::new(EXE)
+        .args([
+            "--netns",
+            &farm.lab.client_ns(),
+            "probe",
+            &format!("http://{PUBLIC}/"),
+            "-n",
+            "20",
+            "--json",
+        ])
+        .output()
+        .expect("running gatehouse probe");
+    assert!(out.status.success(), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    let text = report.to_string();
+    for k in [1, 2] {
+        assert!(
+            text.contains(&format!("\"My Website Number {k}\"")),
+            "web{k} missing from {report:#}"
+        );
+    }
+    let groups = report["groups"].as_array().expect("groups");
+    let counts: Vec<u64> = groups.iter().filter_map(|g| g["count"].as_u64()).collect();
+    assert_eq!(counts, [10, 10], "{report:#}");
+}
+
 #[test]
 fn round_robin_over_four_servers_visits_each_in_turn() {
     let farm = Farm::new(4);

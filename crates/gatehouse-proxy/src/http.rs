@@ -1,0 +1,179 @@
+//! One HTTP client connection: hyper's HTTP/1.1 server on the client's
+//! socket, each request handed to [`forward`](crate::forward), and after an
+//! upgrade (a 101 answer) the tunnel between client and backend.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use gatehouse_config::Timeouts;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Finish;
+use crate::client_io::ClientIo;
+use crate::headers::ClientHeaders;
+use crate::listener::Shared;
+use crate::route::Route;
+
+pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What every request of one client connection shares.
+pub(crate) struct Client {
+    pub(crate) ip: IpAddr,
+    pub(crate) headers: ClientHeaders,
+    /// Requests received and not yet answered to the end: tells the socket
+    /// which read deadline applies.
+    pub(crate) in_flight: AtomicUsize,
+    header_ms: AtomicU64,
+    idle_ms: AtomicU64,
+    /// Set by a request answered with 101: run after hyper lets go of the
+    /// connection.
+    tunnel: Mutex<Option<Tunnel>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("ip", &self.ip)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    fn new(ip: IpAddr, timeouts: &Timeouts) -> Client {
+        let client = Client {
+            ip,
+            headers: ClientHeaders::new(ip),
+            in_flight: AtomicUsize::new(0),
+            header_ms: AtomicU64::new(0),
+            idle_ms: AtomicU64::new(0),
+            tunnel: Mutex::new(None),
+        };
+        client.set_timeouts(timeouts);
+        client
+    }
+
+    fn set_timeouts(&self, timeouts: &Timeouts) {
+        self.header_ms.store(millis(timeouts.header), Ordering::Relaxed);
+        self.idle_ms.store(millis(timeouts.idle), Ordering::Relaxed);
+    }
+
+    pub(crate) fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_tunnel(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// hyper's HTTP/1.1 server, as the service's settings want it.
+fn builder(route: &Route) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        // Our ClientIo keeps the header and idle deadlines (see there).
+        .header_read_timeout(None)
+        // A head larger than max_header is answered 431 (the buffer bound
+        // makes hyper give up on an incomplete one of that size too).
+        .max_header_size(route.max_header)
+        .max_buf_size(route.max_header.max(8192))
+        // One send(2) per flush rather than writev(2) of head and body: for
+        // the small responses that dominate, the copy is cheaper than the
+        // vectored path through the VFS.
+        .writev(false);
+    builder
+}
+
+/// Serve one client connection until it closes, is drained, or is cut:
+/// hyper serves requests; an idle connection is parked (hyper lets go of it
+/// and its buffers) until the client sends again; after a 101 the tunnel
+/// takes over.
+pub(crate) async fn serve(shared: Arc<Shared>, route: Arc<Route>, stream: TcpStream, ip: IpAddr) {
+    let client = Arc::new(Client::new(ip, &route.timeouts));
+
+    // Each request takes the service's settings current when it arrives: a
+    // reload reaches kept-alive connections at their next request. The
+    // generation check is one atomic load; the lock is taken only after a
+    // reload.
+    let current = RefCell::new(route);
+    let handler_client = client.clone();
+    let handler_shared = shared.clone();
+    let mut service = service_fn(move |request| {
+        let finish = Finish::new(handler_client.clone());
+        let route = {
+            let mut current = current.borrow_mut();
+            if current.generation != handler_shared.generation() {
+                *current = handler_shared.route();
+                handler_client.set_timeouts(&current.timeouts);
+            }
+            current.clone()
+        };
+        crate::forward::handle(route, handler_client.clone(), request, finish)
+    });
+
+    let mut io = ClientIo::new(stream, client.clone());
+    loop {
+        // Boxed, so that a parked connection does not keep its room.
+        let mut connection = Box::new(
+            builder(&shared.route())
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let served = shared
+            .tracker
+            .run(&mut connection, |c| Pin::new(&mut **c).graceful_shutdown())
+            .await;
+        let Some(result) = served else {
+            return; // cut at shutdown
+        };
+        if let Err(e) = result {
+            tracing::debug!(client = %client.ip, "client connection: {e}");
+        }
+        if let Some(mut tunnel) = client.take_tunnel() {
+            shared.tracker.run(&mut tunnel, |_| {}).await;
+            return;
+        }
+        // hyper let go of the connection: closed, or parked (see ClientIo).
+        let Some(parts) = (*connection).into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        service = parts.service;
+        if !io.parked() {
+            return;
+        }
+        let mut unread = Some(parts.read_buf);
+        let tracker = &shared.tracker;
+        let mut next = std::future::poll_fn(|cx| {
+            if tracker.draining() {
+                return Poll::Ready(Err(()));
+            }
+            io.poll_next_request(unread.take().unwrap_or_default(), cx)
+                .map_err(|_| ())
+        });
+        if !matches!(tracker.run(&mut next, |_| {}).await, Some(Ok(()))) {
+            return;
+        }
+    }
+}
