@@ -2,9 +2,11 @@
 //! farm but not the namespaces (the userspace proxy runs anywhere).
 //!
 //! Each server is its own single-process nginx (`master_process off`), so one
-//! can be killed and restarted by pid without touching the others. Pages:
-//! `/` is "My Website Number K" (as in the lab), `/headers` echoes the
-//! forwarding headers the server received, one per line.
+//! can be killed and restarted by pid without touching the others. Pages: `/`
+//! is the server's page ("My Website Number K" as in the lab, or a line of
+//! text), `/headers` echoes the forwarding headers it received, `|`-separated:
+//! X-Forwarded-For, -Proto, -Host, Forwarded, Connection, Keep-Alive,
+//! X-Custom, Host.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,86 +19,91 @@ use crate::topology::find_program;
 use crate::web;
 use crate::webservers::make_world_readable_dir;
 
-/// nginx servers on loopback; stopped and removed when dropped.
-pub struct LoopbackNginx {
-    dir: PathBuf,
-    servers: Vec<Server>,
+/// What a server answers on `/`.
+#[derive(Debug, Clone)]
+pub enum Page {
+    /// The lab's HTML page, "My Website Number K".
+    Site(usize),
+    /// This text and a newline, as text/plain, on every path.
+    Text(String),
 }
 
-struct Server {
+/// One nginx on a free loopback port; killed and its directory removed when
+/// dropped.
+pub struct Nginx {
+    dir: PathBuf,
     addr: SocketAddr,
     child: Option<Child>,
 }
 
-impl LoopbackNginx {
-    /// Start `count` servers, numbered from 1, each on a free port.
-    pub fn start(count: usize) -> Result<LoopbackNginx> {
-        let Some(nginx) = find_program("nginx") else {
-            bail!("nginx is not installed: apt-get install nginx-light");
-        };
+impl Nginx {
+    pub fn start(page: Page) -> Result<Nginx> {
         let dir = std::env::temp_dir().join(format!(
             "gatehouse-nginx-{}-{}",
             std::process::id(),
             crate::next_serial()
         ));
         make_world_readable_dir(&dir)?;
-        let mut farm = LoopbackNginx {
+        let port = free_port()?;
+        let mut nginx = Nginx {
             dir,
-            servers: Vec::new(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            child: None,
         };
-        for k in 1..=count {
-            let port = free_port()?;
-            let site = farm.dir.join(format!("web{k}"));
-            make_world_readable_dir(&site)?;
-            std::fs::write(site.join("index.html"), web::site_html(k))?;
-            std::fs::write(site.join("nginx.conf"), config(&site, port))?;
-            farm.servers.push(Server {
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                child: None,
-            });
-            farm.launch(k, &nginx)?;
-        }
-        Ok(farm)
+        let root = match &page {
+            Page::Site(k) => {
+                std::fs::write(nginx.dir.join("index.html"), web::site_html(*k))?;
+                String::new()
+            }
+            Page::Text(text) => {
+                format!("location / {{ default_type text/plain; return 200 \"{text}\\n\"; }}")
+            }
+        };
+        std::fs::write(nginx.dir.join("nginx.conf"), config(&nginx.dir, port, &root))?;
+        nginx.restart()?;
+        Ok(nginx)
     }
 
-    /// Server `k`'s address (k from 1).
-    pub fn addr(&self, k: usize) -> SocketAddr {
-        self.servers[k - 1].addr
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// Kill server `k` (SIGKILL: the way a crashed server goes).
-    pub fn stop(&mut self, k: usize) {
-        if let Some(mut child) = self.servers[k - 1].child.take() {
+    /// SIGKILL: the way a crashed server goes.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Start server `k` again on its port and wait until it answers.
-    pub fn restart(&mut self, k: usize) -> Result<()> {
-        self.stop(k);
-        let nginx = find_program("nginx").context("nginx disappeared")?;
-        self.launch(k, &nginx)
-    }
-
-    fn launch(&mut self, k: usize, nginx: &Path) -> Result<()> {
-        let site = self.dir.join(format!("web{k}"));
+    /// Start it again on its port (killing it first if it runs) and wait
+    /// until it accepts connections.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let Some(nginx) = find_program("nginx") else {
+            bail!("nginx is not installed: apt-get install nginx-light");
+        };
         let child = Command::new(nginx)
             .arg("-c")
-            .arg(site.join("nginx.conf"))
+            .arg(self.dir.join("nginx.conf"))
             .arg("-p")
-            .arg(&site)
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx")?;
-        let server = &mut self.servers[k - 1];
-        server.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&server.addr, Duration::from_millis(100)).is_err() {
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+                bail!("nginx on {} exited with {status}: {log}", self.addr);
+            }
             if Instant::now() > deadline {
-                bail!("nginx for web{k} did not listen on {} within 10 s", server.addr);
+                bail!("nginx did not listen on {} within 10 s", self.addr);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -104,12 +111,39 @@ impl LoopbackNginx {
     }
 }
 
-impl Drop for LoopbackNginx {
+impl Drop for Nginx {
     fn drop(&mut self) {
-        for k in 1..=self.servers.len() {
-            self.stop(k);
-        }
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Servers 1..=N showing "My Website Number K", as the lab's web servers do.
+pub struct LoopbackNginx {
+    servers: Vec<Nginx>,
+}
+
+impl LoopbackNginx {
+    pub fn start(count: usize) -> Result<LoopbackNginx> {
+        let servers = (1..=count)
+            .map(|k| Nginx::start(Page::Site(k)))
+            .collect::<Result<_>>()?;
+        Ok(LoopbackNginx { servers })
+    }
+
+    /// Server `k`'s address (k from 1).
+    pub fn addr(&self, k: usize) -> SocketAddr {
+        self.servers[k - 1].addr()
+    }
+
+    /// Kill server `k`.
+    pub fn stop(&mut self, k: usize) {
+        self.servers[k - 1].kill();
+    }
+
+    /// Start server `k` again on its port and wait until it answers.
+    pub fn restart(&mut self, k: usize) -> Result<()> {
+        self.servers[k - 1].restart()
     }
 }
 
@@ -120,29 +154,30 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn config(site: &Path, port: u16) -> String {
-    let site = site.display();
+fn config(dir: &Path, port: u16, root_location: &str) -> String {
+    let d = dir.display();
     format!(
         r#"daemon off;
 master_process off;
 worker_processes 1;
-error_log {site}/error.log warn;
-pid {site}/nginx.pid;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path {site}/tmp-body;
-    proxy_temp_path {site}/tmp-proxy;
-    fastcgi_temp_path {site}/tmp-fastcgi;
-    uwsgi_temp_path {site}/tmp-uwsgi;
-    scgi_temp_path {site}/tmp-scgi;
+    client_body_temp_path {d}/tmp-body;
+    proxy_temp_path {d}/tmp-proxy;
+    fastcgi_temp_path {d}/tmp-fastcgi;
+    uwsgi_temp_path {d}/tmp-uwsgi;
+    scgi_temp_path {d}/tmp-scgi;
     keepalive_requests 100000;
     server {{
-        listen 127.0.0.1:{port} reuseport;
-        root {site};
+        listen 127.0.0.1:{port};
+        root {d};
+        {root_location}
         location = /headers {{
             default_type text/plain;
-            return 200 "x-forwarded-for: $http_x_forwarded_for\nx-forwarded-proto: $http_x_forwarded_proto\nx-forwarded-host: $http_x_forwarded_host\nforwarded: $http_forwarded\nconnection: $http_connection\nkeep-alive: $http_keep_alive\nx-hop: $http_x_hop\nhost: $http_host\n";
+            return 200 "$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_host|$http_forwarded|$http_connection|$http_keep_alive|$http_x_custom|$http_host\n";
         }}
     }}
 }}

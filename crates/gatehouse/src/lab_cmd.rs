@@ -274,11 +274,14 @@ fn summary(lab: &Lab, config: &Path, state_dir: &Path, applied: bool, down: &str
     s.push_str(&format!(
         "  ip netns exec {client} curl -s http://{GATEWAY_WAN_ADDR}/     # twice: round-robin\n\
          \x20 ip netns exec {client} curl -s http://{GATEWAY_WAN_ADDR}/\n\
+         \x20 gatehouse --netns {client} probe http://{GATEWAY_WAN_ADDR}/ -n 10     # the seed's wget loop\n\
          \x20 gatehouse --netns {gw} plan -c {c}\n\
          \x20 ip netns exec {gw} nft list table inet gatehouse\n\
+         \x20 gatehouse --netns {gw} --state-dir {state} serve -c {c}     # health checks keep dead servers out\n\
          \x20 gatehouse lab status\n\
          \x20 {down}\n",
         client = lab.client_ns(),
+        state = state_dir.display(),
     ));
     s
 }

@@ -6,13 +6,13 @@
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gatehouse_config::{Farm, Service};
 use gatehouse_health::{Metrics, Pool};
+use gatehouse_lab::loopback::{Nginx as LabNginx, Page};
 use gatehouse_proxy::Server;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -55,103 +55,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// One nginx process (`master_process off`: the pid we hold is the server).
+/// One nginx on loopback (gatehouse-lab's), serving `/` with its name and
+/// `/headers` with the request headers the forwarding tests look at.
 pub struct Nginx {
     pub name: String,
-    pub port: u16,
-    dir: TempDir,
-    child: Option<Child>,
+    server: LabNginx,
 }
 
 impl Nginx {
-    /// Serves `/` with its name, `/headers` with the request headers the
-    /// forwarding tests look at.
     pub fn start(name: &str) -> Nginx {
-        let dir = TempDir::new(&format!("nginx-{name}"));
-        let mut nginx = Nginx {
+        let server = LabNginx::start(Page::Text(name.to_owned())).expect("starting nginx");
+        Nginx {
             name: name.to_owned(),
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        nginx.restart();
-        nginx
+            server,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.server.addr()
     }
 
-    /// Start it (again, on the same port) and wait until it accepts.
+    /// Start it again, on the same port, and wait until it accepts.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "nginx {} is running", self.name);
-        let d = self.dir.path().display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{port};
-        default_type text/plain;
-        location / {{ return 200 "{name}\n"; }}
-        location /headers {{
-            return 200 "$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_host|$http_forwarded|$http_connection|$http_keep_alive|$http_x_custom|$http_host\n";
-        }}
-    }}
-}}
-"#,
-            port = self.port,
-            name = self.name,
-        );
-        let conf_path = self.dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(format!("{d}/"))
-            .arg("-e")
-            .arg(format!("{d}/error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx is installed (apt-get install nginx-light)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(self.addr()).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                let log = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
-                panic!("nginx {} exited with {status}: {log}", self.name);
-            }
-            assert!(Instant::now() < deadline, "nginx {} did not start", self.name);
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.server.restart().expect("restarting nginx");
     }
 
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.kill();
     }
 }
 

@@ -53,11 +53,21 @@ pub async fn start(
         .route("/reload", post(reload_now))
         .with_state(state);
     Ok(tokio::spawn(async move {
+        // Aborting this task (a reload that moves or removes the admin
+        // listener) drops the guard, which stops the sampler with it.
+        let _sampler = AbortOnDrop(sampler);
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin listener failed: {e}");
         }
-        sampler.abort();
     }))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn index() -> &'static str {
