@@ -16,16 +16,8 @@ pub async fn probe(addr: SocketAddr, health: &Health) -> Outcome {
         Ok(Err(why)) => Outcome::Failure(why),
         Err(_) => Outcome::Failure(format!(
             "no answer within {}",
-            humantime_ms(health.timeout.as_millis())
+            humantime::format_duration(health.timeout)
         )),
-    }
-}
-
-fn humantime_ms(ms: u128) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
     }
 }
 

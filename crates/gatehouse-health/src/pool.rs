@@ -44,7 +44,7 @@ impl State {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Record {
     state: State,
     since: SystemTime,
@@ -65,6 +65,9 @@ pub struct Backend {
     pub cookie: String,
     pub stats: BackendStats,
     up: AtomicBool,
+    /// A failure streak is open: only then does a success on traffic need
+    /// the lock (to clear it), so the proxy can report every success.
+    failing: AtomicBool,
     record: Mutex<Record>,
 }
 
@@ -112,6 +115,7 @@ impl Backend {
         let next = match outcome {
             Outcome::Success if !active => {
                 record.failures = 0;
+                self.failing.store(false, Ordering::Relaxed);
                 return None;
             }
             Outcome::Success => {
@@ -134,6 +138,7 @@ impl Backend {
                 }
             }
         };
+        self.failing.store(record.failures > 0, Ordering::Relaxed);
         if next == record.state {
             return None;
         }
@@ -147,6 +152,7 @@ impl Backend {
         let streak = record.successes.max(record.failures);
         record.successes = 0;
         record.failures = 0;
+        self.failing.store(false, Ordering::Relaxed);
         self.up.store(next != State::Down, Ordering::Relaxed);
         self.stats.up.set(i64::from(next != State::Down));
         Some((next, streak))
@@ -179,16 +185,7 @@ impl Pool {
                 };
                 let carried = previous
                     .and_then(|p| p.backends.iter().find(|old| old.addr == b.addr.value))
-                    .map(|old| {
-                        let r = old.lock();
-                        Record {
-                            state: r.state,
-                            since: r.since,
-                            successes: r.successes,
-                            failures: r.failures,
-                            last_failure: r.last_failure.clone(),
-                        }
-                    });
+                    .map(|old| old.lock().clone());
                 let record = carried.unwrap_or(Record {
                     state: State::Unknown,
                     since: SystemTime::now(),
@@ -204,6 +201,7 @@ impl Pool {
                     label,
                     cookie,
                     up: AtomicBool::new(record.state != State::Down),
+                    failing: AtomicBool::new(record.failures > 0),
                     record: Mutex::new(record),
                     stats,
                 })
@@ -250,9 +248,10 @@ impl Pool {
         self.record(backend, Outcome::Failure(why.into()), false);
     }
 
-    /// A success seen on real traffic: it clears the failure streak.
+    /// A success seen on real traffic: it clears the failure streak. Cheap
+    /// (one atomic load) unless a streak is open, so call it on every answer.
     pub fn report_success(&self, backend: &Backend) {
-        if backend.is_up() {
+        if backend.is_up() && backend.failing.load(Ordering::Relaxed) {
             self.record(backend, Outcome::Success, false);
         }
     }
@@ -396,6 +395,21 @@ mod tests {
         );
         succeed(&pool, 0);
         assert!(pool.backends[0].is_up());
+    }
+
+    #[test]
+    fn a_success_on_traffic_clears_a_streak_of_traffic_failures() {
+        let pool = pool("{ fall = 2 }");
+        succeed(&pool, 0);
+        fail(&pool, 0, false);
+        pool.report_success(&pool.backends[0]);
+        fail(&pool, 0, false);
+        assert!(
+            pool.backends[0].is_up(),
+            "the success in between broke the streak"
+        );
+        fail(&pool, 0, false);
+        assert!(!pool.backends[0].is_up());
     }
 
     #[test]

@@ -154,8 +154,6 @@ struct Answer {
     conn: Conn,
     in_flight: InFlight,
     upstream_time: Duration,
-    /// When the response head arrived.
-    now: Instant,
 }
 
 async fn exchange(
@@ -191,13 +189,11 @@ async fn exchange(
         };
         let error = match conn.send(sending, started + route.timeouts.request).await {
             Ok(Ok(response)) => {
-                let now = Instant::now();
                 return Exchange::Answered(Answer {
                     response,
                     conn,
                     in_flight,
-                    upstream_time: now - started,
-                    now,
+                    upstream_time: started.elapsed(),
                 });
             }
             Err(Elapsed) => {
@@ -255,7 +251,6 @@ fn respond(
         conn,
         in_flight,
         upstream_time,
-        now,
     } = answer;
     let backend = &route.pool.backends()[i];
     let upstream = &route.upstreams[i];
@@ -266,8 +261,7 @@ fn respond(
         route
             .pool
             .report_failure(backend, format!("answered {}", status.as_u16()));
-        upstream.failed();
-    } else if upstream.should_report_success(now) {
+    } else {
         route.pool.report_success(backend);
     }
     if let Some(log) = &mut finish.log {

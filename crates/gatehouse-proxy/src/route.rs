@@ -81,7 +81,6 @@ impl Route {
             None => {}
         }
         self.pool.report_failure(backend, why);
-        upstream.failed();
     }
 
     /// Close backend connections idle too long.

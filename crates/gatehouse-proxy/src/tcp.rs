@@ -40,9 +40,7 @@ pub(crate) async fn serve(route: Arc<Route>, client: TcpStream, ip: IpAddr) {
                 // A tcp connection counts as one 2xx answer once connected.
                 backend.stats.response(200);
                 backend.stats.latency.observe(connecting.elapsed().as_secs_f64());
-                if route.upstreams[i].should_report_success(Instant::now()) {
-                    route.pool.report_success(backend);
-                }
+                route.pool.report_success(backend);
                 connected = Some((backend.addr, stream, in_flight));
                 break;
             }

@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -195,11 +195,6 @@ pub(crate) struct Upstream {
     idle: Mutex<Vec<Idle>>,
     /// Reaper ticks so far.
     tick: AtomicU32,
-    /// A failure was reported since the last success: the next success must
-    /// reach the pool to clear the streak.
-    failed: AtomicBool,
-    /// Seconds (since `epoch`) of the last success reported to the pool.
-    last_success: AtomicU64,
     /// Seconds (since `epoch`) of the last failure logged, and how many
     /// were not logged since.
     last_warning: AtomicU64,
@@ -236,8 +231,6 @@ impl Upstream {
             addr,
             idle: Mutex::new(Vec::new()),
             tick: AtomicU32::new(0),
-            failed: AtomicBool::new(false),
-            last_success: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
             unlogged: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -322,11 +315,6 @@ impl Upstream {
         })
     }
 
-    /// Remember a failure reported to the pool.
-    pub(crate) fn failed(&self) {
-        self.failed.store(true, Ordering::Relaxed);
-    }
-
     /// Whether a failure may be logged now, and how many went unlogged
     /// before it: at most one line a second per backend, so a dead backend
     /// under load does not flood the log (the pool logs it going down).
@@ -343,23 +331,6 @@ impl Upstream {
         }
         self.unlogged.fetch_add(1, Ordering::Relaxed);
         None
-    }
-
-    /// Whether a success seen at `now` should be reported to the pool.
-    /// Reporting takes the backend's lock, so it is done when it matters:
-    /// after a failure we reported (to clear the streak at once), else at
-    /// most once a second (to clear streaks of failed health checks).
-    pub(crate) fn should_report_success(&self, now: Instant) -> bool {
-        if self.failed.load(Ordering::Relaxed) && self.failed.swap(false, Ordering::Relaxed) {
-            return true;
-        }
-        let now = now.saturating_duration_since(self.epoch).as_secs() + 1;
-        let last = self.last_success.load(Ordering::Relaxed);
-        now != last
-            && self
-                .last_success
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
     }
 }
 

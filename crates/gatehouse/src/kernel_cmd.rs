@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_config::{Farm, LoadError};
+use gatehouse_config::Farm;
 use gatehouse_netfilter::apply::{self, WatchdogOutcome};
 use gatehouse_netfilter::plan::{self, LiveMaps};
 use gatehouse_netfilter::{Host, StateDir, diff, host, iptables, live};
@@ -63,11 +63,8 @@ pub struct WatchdogArgs {
 
 fn load(arg: &ConfigArg) -> Result<(PathBuf, Farm), Failure> {
     let path = gatehouse_config::resolve_path(arg.config.as_deref());
-    match Farm::load(&path) {
-        Ok(farm) => Ok((path, farm)),
-        Err(LoadError::Invalid(d)) => Err(d.into()),
-        Err(e @ LoadError::Unreadable { .. }) => Err(Failure::BadInput(format!("error: {e}"))),
-    }
+    let farm = Farm::load(&path)?;
+    Ok((path, farm))
 }
 
 fn host(global: &GlobalOpts) -> Host {

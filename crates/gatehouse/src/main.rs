@@ -125,6 +125,15 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<gatehouse_config::LoadError> for Failure {
+    fn from(e: gatehouse_config::LoadError) -> Failure {
+        match e {
+            gatehouse_config::LoadError::Invalid(d) => d.into(),
+            unreadable => Failure::BadInput(format!("error: {unreadable}")),
+        }
+    }
+}
+
 impl From<gatehouse_config::Diagnostics> for Failure {
     fn from(d: gatehouse_config::Diagnostics) -> Failure {
         Failure::BadInput(d.render(std::io::stderr().is_terminal()))

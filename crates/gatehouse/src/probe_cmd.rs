@@ -450,6 +450,9 @@ fn decode_entities(text: &str) -> String {
 }
 
 /// Parses `--timeout`: a number with `ms`, `s` or `m` (a bare number is seconds).
+/// By hand rather than humantime (which the config uses) because a timeout
+/// on the command line is often fractional ("1.5") and humantime takes whole
+/// numbers only.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit_secs) = if let Some(n) = text.strip_suffix("ms") {

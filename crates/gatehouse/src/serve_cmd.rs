@@ -3,7 +3,7 @@
 //! can also signal it by pid when there is no admin listener.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,18 +41,9 @@ pub struct ReloadArgs {
     pid: Option<i32>,
 }
 
-/// The admin address: the flag, else the config's `[admin] listen`.
-fn admin_addr(flag: Option<SocketAddr>, config: Option<&std::path::Path>) -> Result<SocketAddr, Failure> {
-    if let Some(addr) = flag {
-        return Ok(addr);
-    }
-    let path = gatehouse_config::resolve_path(config);
-    let farm = match Farm::load(&path) {
-        Ok(farm) => farm,
-        Err(LoadError::Invalid(d)) => return Err(d.into()),
-        Err(e) => return Err(Failure::BadInput(format!("error: {e}"))),
-    };
-    match farm.admin {
+/// The address of the config's admin listener (`[admin] listen`).
+fn admin_of(farm: &Farm, path: &Path) -> Result<SocketAddr, Failure> {
+    match &farm.admin {
         Some(admin) => Ok(admin.listen.value),
         None => Err(Failure::BadInput(format!(
             "error: {} has no [admin] section, so there is no admin listener to ask\n  \
@@ -95,7 +86,13 @@ fn request(addr: SocketAddr, method: hyper::Method, path: &str) -> anyhow::Resul
 }
 
 pub fn status(args: &StatusArgs) -> Result<ExitCode, Failure> {
-    let addr = admin_addr(args.admin, args.config.as_deref())?;
+    let addr = match args.admin {
+        Some(addr) => addr,
+        None => {
+            let path = gatehouse_config::resolve_path(args.config.as_deref());
+            admin_of(&Farm::load(&path)?, &path)?
+        }
+    };
     let (code, body) = request(addr, hyper::Method::GET, "/status")?;
     if code != 200 {
         return Err(Failure::Failed(anyhow::anyhow!(
@@ -201,14 +198,14 @@ pub fn reload(args: &ReloadArgs) -> Result<ExitCode, Failure> {
     // serve would refuse an invalid file with these same errors; say so here
     // without bothering it (and without needing its admin address).
     let path = gatehouse_config::resolve_path(args.config.as_deref());
-    if let Err(LoadError::Invalid(d)) = Farm::load(&path) {
+    let loaded = Farm::load(&path);
+    if let Err(LoadError::Invalid(d)) = loaded {
         let failure: Failure = d.into();
         let Failure::BadInput(text) = failure else {
             return Err(failure);
         };
         return Err(Failure::BadInput(format!(
-            "{}
-reload not sent: gatehouse serve keeps running the previous config",
+            "{}\nreload not sent: gatehouse serve keeps running the previous config",
             text.trim_end()
         )));
     }
@@ -217,7 +214,10 @@ reload not sent: gatehouse serve keeps running the previous config",
         println!("sent SIGHUP to {pid}; serve logs whether the reload took");
         return Ok(ExitCode::SUCCESS);
     }
-    let addr = admin_addr(args.admin, args.config.as_deref())?;
+    let addr = match args.admin {
+        Some(addr) => addr,
+        None => admin_of(&loaded?, &path)?,
+    };
     let (code, body) = request(addr, hyper::Method::POST, "/reload")?;
     match code {
         200 => {

@@ -6,16 +6,14 @@
 
 mod support;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle, sleep};
 use std::time::{Duration, Instant};
 
 use gatehouse_lab::web_addr;
-use support::{EXE, Farm, PUBLIC, site_number};
+use support::{Farm, PUBLIC, Process, site_number};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const FALL: u32 = 2;
@@ -24,71 +22,39 @@ const RISE: u32 = 2;
 const MARGIN: Duration = Duration::from_millis(200);
 const HEALTH: &str = "health = { check = \"http\", path = \"/\", interval = \"200ms\", timeout = \"150ms\", fall = 2, rise = 2 }\n";
 
-/// `gatehouse serve` against the lab's gateway, stopped (by pid) when dropped,
-/// also when the test fails.
-struct Serve {
-    child: Child,
-    log: PathBuf,
+/// `gatehouse serve` against the lab's gateway (stopped by pid when dropped:
+/// see support::Process).
+struct Serve(Process);
+
+impl std::ops::Deref for Serve {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.0
+    }
 }
 
 impl Serve {
     fn start(farm: &Farm) -> Serve {
-        let log = farm.lab.run_dir().join("serve.log");
-        let out = File::create(&log).expect("creating the serve log");
-        let err = out.try_clone().expect("duplicating the serve log");
-        let child = Command::new(EXE)
-            .args(["--netns", &farm.gw(), "--state-dir"])
-            .arg(farm.lab.run_dir().join("state"))
-            .args(["serve", "-c"])
-            .arg(&farm.config)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("starting gatehouse serve");
-        Serve { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let state = farm.lab.run_dir().join("state");
+        let gw = farm.gw();
+        let args = [
+            "--netns".as_ref(),
+            gw.as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "serve".as_ref(),
+            "-c".as_ref(),
+            farm.config.as_os_str(),
+        ];
+        Serve(Process::spawn(&args, farm.lab.run_dir().join("serve.log")))
     }
 
     /// Wait until serve says it is serving and both backends are in the map.
     fn wait_ready(&mut self, farm: &Farm) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "gatehouse serve exited with {status} before serving:\n{}",
-                    self.log()
-                );
-            }
-            if self.log().contains("serving") && in_map(&map(farm), 1) && in_map(&map(farm), 2) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gatehouse serve did not get ready in 30 s:\n{}",
-                self.log()
-            );
-            sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.wait_for_log("serving", Duration::from_secs(30));
+        wait_for_map(farm, self, Instant::now(), "both backends in the map", |m| {
+            in_map(m, 1) && in_map(m, 2)
+        });
     }
 }
 
@@ -309,14 +275,7 @@ fn a_reload_while_a_backend_is_down_keeps_it_out_of_the_map() {
     for (round, text) in [config.clone(), edited].into_iter().enumerate() {
         std::fs::write(&farm.config, text).unwrap();
         let reloads_before = serve.log().matches("INFO reloaded").count();
-        let pid = serve.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        serve.signal("HUP");
         let sent = Instant::now();
         while serve.log().matches("INFO reloaded").count() == reloads_before {
             let listing = map(&farm);

@@ -8,24 +8,38 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use gatehouse_lab::loopback::{LoopbackNginx, free_port};
-use support::{EXE, require, show};
+use support::{EXE, Process, require, show};
 
-/// A running `gatehouse serve`, killed by pid when dropped.
+/// A running `gatehouse serve` on its own config and ports (the process is
+/// stopped by pid when dropped: see support::Process).
 struct Serve {
-    child: Child,
+    process: Process,
     dir: PathBuf,
     config: PathBuf,
     port: u16,
     admin: u16,
 }
 
+impl std::ops::Deref for Serve {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
 impl Serve {
     /// Start serve on `text`, where `PORT` and `ADMIN` are replaced by free
-    /// ports; returns once the admin listener answers.
+    /// ports; returns once it says it is serving.
     fn start(text: &str) -> Serve {
         let dir = std::env::temp_dir().join(format!(
             "gatehouse-serve-test-{}-{}",
@@ -36,44 +50,18 @@ impl Serve {
         let (port, admin) = (free_port().expect("port"), free_port().expect("port"));
         let config = dir.join("gatehouse.toml");
         write_config(&config, text, port, admin);
-        let log = std::fs::File::create(dir.join("serve.log")).expect("log file");
-        let child = Command::new(EXE)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .env("GATEHOUSE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting gatehouse serve");
-        let mut serve = Serve {
-            child,
+        let mut process = Process::spawn(
+            &["serve".as_ref(), "-c".as_ref(), config.as_os_str()],
+            dir.join("serve.log"),
+        );
+        process.wait_for_log("serving:", Duration::from_secs(10));
+        Serve {
+            process,
             dir,
             config,
             port,
             admin,
-        };
-        serve.wait_ready();
-        serve
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.log().contains("serving:") {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("serve exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve not ready in 10 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
     }
 
     fn url(&self, path: &str) -> String {
@@ -93,26 +81,6 @@ impl Serve {
             .expect("running gatehouse")
     }
 
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{signal} failed");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve still running:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     fn metrics(&self) -> String {
         curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin)]).1
     }
@@ -120,8 +88,6 @@ impl Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

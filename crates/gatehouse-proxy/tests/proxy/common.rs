@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,11 +48,7 @@ impl Drop for TempDir {
 
 /// A port nobody listens on now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    gatehouse_lab::loopback::free_port().expect("a free loopback port")
 }
 
 /// One nginx on loopback (gatehouse-lab's), serving `/` with its name and

@@ -140,7 +140,7 @@ fn status_json(admin: &Admin) -> Value {
                 "listen": s.service.listen.value.to_string(),
                 "balance": s.service.balance.as_str(),
                 "fail_open": s.pool.fail_open(),
-                "connections": s.connections.as_ref().map(|count| count()),
+                "connections": s.server.as_ref().map(|server| server.upgrade().map_or(0, |s| s.connections())),
                 "map_generation": (s.service.mode == gatehouse_config::Mode::Nat)
                     .then(|| s.pool.stats.map_generation.get()),
                 "backends": backends,

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -49,8 +49,9 @@ pub struct View {
 pub struct ServiceView {
     pub service: Service,
     pub pool: Arc<Pool>,
-    /// Client connections open now, for proxied services.
-    pub connections: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
+    /// The proxy, for proxied services. Weak, so a removed server can be
+    /// taken back for its shutdown while the view still lists it.
+    pub server: Option<Weak<Server>>,
 }
 
 pub type SharedView = Arc<RwLock<View>>;
@@ -71,11 +72,7 @@ pub fn run(global: &GlobalOpts, args: &ServeArgs) -> Result<ExitCode, Failure> {
         enter_netns(ns).map_err(Failure::Failed)?;
     }
     let path = gatehouse_config::resolve_path(args.config.path());
-    let farm = match Farm::load(&path) {
-        Ok(farm) => farm,
-        Err(LoadError::Invalid(d)) => return Err(d.into()),
-        Err(e @ LoadError::Unreadable { .. }) => return Err(Failure::BadInput(format!("error: {e}"))),
-    };
+    let farm = Farm::load(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gatehouse")
@@ -467,14 +464,7 @@ impl Supervisor {
             .map(|r| ServiceView {
                 service: r.service.clone(),
                 pool: r.pool.clone(),
-                connections: r.server.as_ref().map(|s| {
-                    // Weak, so a removed server can be taken back for its
-                    // shutdown while the view still lists it.
-                    let server = Arc::downgrade(s);
-                    let count: Arc<dyn Fn() -> usize + Send + Sync> =
-                        Arc::new(move || server.upgrade().map_or(0, |s| s.connections()));
-                    count
-                }),
+                server: r.server.as_ref().map(Arc::downgrade),
             })
             .collect();
         self.view.write().unwrap_or_else(|e| e.into_inner()).services = services;
