@@ -15,7 +15,7 @@ fi
 packages=(
     nft:nftables iptables-restore:iptables ip:iproute2 nginx:nginx-light curl:curl
     nmap:nmap conntrack:conntrack socat:socat ping:iputils-ping unshare:util-linux sysctl:procps
-    wrk:wrk
+    wrk:wrk openssl:openssl
 )
 missing=()
 for entry in "${packages[@]}"; do

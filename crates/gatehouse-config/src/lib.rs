@@ -8,6 +8,7 @@
 mod diagnostic;
 mod model;
 mod raw;
+mod routes;
 mod summary;
 mod validate;
 
@@ -15,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Source};
 pub use model::{
-    AccessLog, Admin, Backend, Balance, Check, Farm, Gateway, Health, Listen, Located, Mode, ProxyOptions,
-    Service, Timeouts,
+    AccessLog, Admin, Backend, BackendProtocol, BackendTls, Balance, Check, Farm, Gateway, Health, Listen,
+    ListenerTls, Located, Mode, ProxyOptions, ProxyVersion, Route, Service, Target, Timeouts,
+    UpstreamOptions,
 };
 
 /// Where the config is looked for when no `-c FILE` is given and

@@ -95,6 +95,93 @@ pub struct Service {
     /// What only the userspace proxy uses; defaults for nat services, where
     /// validation refuses the keys.
     pub proxy: ProxyOptions,
+    /// How the proxy talks to the service-level backends.
+    pub upstream: UpstreamOptions,
+    /// Host and path routes (http only), each with its own backends.
+    pub routes: Vec<Route>,
+    /// TLS on the listener; none for plain HTTP or TCP.
+    pub tls: Option<ListenerTls>,
+    /// A plain HTTP listener that answers 308 to the https URL.
+    pub redirect_http: Option<Located<Listen>>,
+    /// Strict-Transport-Security max-age added to every response (TLS only).
+    pub hsts: Option<Duration>,
+    /// Upstreams trusted to prefix connections with a PROXY header (v1 or v2),
+    /// which then names the client; connections from elsewhere carry none.
+    pub accept_proxy: Vec<Located<IpNet>>,
+}
+
+/// `tls = [...]`: certificates for the listener, chosen by SNI; the first is
+/// served to clients that name none of them.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub certs: Vec<Arc<gatehouse_tls::Certificate>>,
+}
+
+/// How the proxy talks to one group of backends.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamOptions {
+    pub tls: Option<BackendTls>,
+    /// A PROXY header first on every backend connection, naming the client.
+    pub send_proxy: Option<ProxyVersion>,
+    pub protocol: BackendProtocol,
+}
+
+/// `backend_tls = { ca, sni }`: HTTPS to the backends.
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// The CA file; none means the system's trust store.
+    pub ca: Option<PathBuf>,
+    /// The name sent and verified; none means the backend's IP address.
+    pub sni: Option<String>,
+    /// Ready to use, with ALPN for the backend protocol.
+    pub config: Arc<gatehouse_tls::rustls::ClientConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 (over TLS with ALPN h2, or cleartext with prior knowledge),
+    /// one multiplexed connection per backend.
+    H2,
+}
+
+/// `[[service.route]]`: requests whose Host and path match go to these
+/// backends, balanced and health-checked on their own.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its pool's name in status, metrics and logs: "SERVICE/NAME", where NAME
+    /// is the route's `name`, else its first host and path.
+    pub pool_name: String,
+    /// Exact names and "*.example.com" patterns, lowercase; empty means any host.
+    pub hosts: Vec<Located<String>>,
+    /// A path prefix matched on whole segments ("/shop" matches "/shop" and
+    /// "/shop/cart", not "/shopping").
+    pub path: Option<Located<String>>,
+    pub backends: Vec<Backend>,
+    pub balance: Balance,
+    pub health: Health,
+    pub upstream: UpstreamOptions,
+    pub span: Range<usize>,
+}
+
+/// One group of backends with its own pool: a service's own backends, or a route's.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub backends: &'a [Backend],
+    pub balance: Balance,
+    pub health: &'a Health,
+    pub upstream: &'a UpstreamOptions,
+    /// Which route, or none for the service's own backends.
+    pub route: Option<usize>,
 }
 
 /// `health = { ... }`: active checks with rise/fall, as HAProxy's `check inter
@@ -192,6 +279,29 @@ pub enum AccessLog {
 }
 
 impl Service {
+    /// Every group of backends, each with a pool of its own: the service's own
+    /// backends first (when it has any), then its routes in file order.
+    pub fn targets(&self) -> Vec<Target<'_>> {
+        let own = (!self.backends.is_empty()).then(|| Target {
+            name: &self.name.value,
+            backends: &self.backends,
+            balance: self.balance,
+            health: &self.health,
+            upstream: &self.upstream,
+            route: None,
+        });
+        own.into_iter()
+            .chain(self.routes.iter().enumerate().map(|(i, r)| Target {
+                name: &r.pool_name,
+                backends: &r.backends,
+                balance: r.balance,
+                health: &r.health,
+                upstream: &r.upstream,
+                route: Some(i),
+            }))
+            .collect()
+    }
+
     /// Where the proxy binds: the listen address, or every address (IPv6 and
     /// IPv4) when only a port is given.
     pub fn bind_addr(&self) -> SocketAddr {

@@ -77,13 +77,62 @@ pub struct Service {
     pub listen: Spanned<toml::Value>,
     pub mode: Option<Spanned<String>>,
     pub balance: Option<Spanned<String>>,
-    pub backends: Spanned<Vec<Spanned<Backend>>>,
+    /// Optional when the service has routes (a request matching none is 404).
+    pub backends: Option<Spanned<Vec<Spanned<Backend>>>>,
     pub health: Option<Spanned<Health>>,
     pub access_log: Option<Spanned<String>>,
     pub timeouts: Option<Spanned<Timeouts>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_header: Option<Spanned<String>>,
     pub max_body: Option<Spanned<String>>,
+    /// `[{ cert = "...", key = "..." }, ...]`: TLS on the listener, chosen by SNI.
+    pub tls: Option<Spanned<Vec<Spanned<CertPair>>>>,
+    /// `"80"` or `"ADDR:80"`: a plain listener answering 308 to https.
+    pub redirect_http: Option<Spanned<toml::Value>>,
+    /// Strict-Transport-Security max-age, e.g. "365d".
+    pub hsts: Option<Spanned<String>>,
+    /// Upstreams (addresses or networks) whose connections start with a PROXY header.
+    pub accept_proxy: Option<Spanned<Vec<Spanned<String>>>>,
+    // How the proxy talks to the service-level backends (routes have their own).
+    // Not a flattened struct: serde's flatten buffers values and loses positions.
+    pub backend_tls: Option<Spanned<BackendTls>>,
+    /// "v1" or "v2".
+    pub send_proxy: Option<Spanned<String>>,
+    /// "http/1.1" or "h2".
+    pub backend_protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<Route>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    pub ca: Option<Spanned<String>>,
+    pub sni: Option<Spanned<String>>,
+}
+
+/// `[[service.route]]`: requests for some hosts and/or a path prefix go to
+/// their own backends.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: Option<Spanned<String>>,
+    /// A name or a list of names; "*.example.com" matches one label.
+    pub host: Option<Spanned<toml::Value>>,
+    pub path: Option<Spanned<String>>,
+    pub backends: Spanned<Vec<Spanned<Backend>>>,
+    pub balance: Option<Spanned<String>>,
+    pub health: Option<Spanned<Health>>,
+    pub backend_tls: Option<Spanned<BackendTls>>,
+    pub send_proxy: Option<Spanned<String>>,
+    pub backend_protocol: Option<Spanned<String>>,
 }
 
 /// A backend is either `"10.0.0.11:80"` or

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Check, Farm, Mode};
+use crate::model::{Backend, Balance, Check, Farm, Mode};
 
 impl Farm {
     pub fn summary(&self) -> String {
@@ -33,33 +33,64 @@ impl Farm {
         }
         let width = self.services.iter().map(|s| s.name.len()).max().unwrap_or(0);
         for s in &self.services {
-            let backends: Vec<String> = s
-                .backends
-                .iter()
-                .map(|b| {
-                    let name = b
-                        .name
-                        .as_ref()
-                        .map(|n| format!("{} ", n.value))
-                        .unwrap_or_default();
-                    if s.balance.honours_weights() && b.weight != 1 {
-                        format!("{name}{} (weight {})", b.addr.value, b.weight)
-                    } else {
-                        format!("{name}{}", b.addr.value)
-                    }
-                })
-                .collect();
+            let own = if s.backends.is_empty() {
+                "no backends of its own: requests no route matches get 404".to_owned()
+            } else {
+                format!(
+                    "{} over {} backend{}: {}",
+                    s.balance.as_str(),
+                    s.backends.len(),
+                    if s.backends.len() == 1 { "" } else { "s" },
+                    backend_list(&s.backends, s.balance),
+                )
+            };
             let _ = writeln!(
                 out,
-                "service  {:width$}  {} {}  {} over {} backend{}: {}",
+                "service  {:width$}  {} {}  {own}",
                 s.name.value,
                 s.mode.as_str(),
                 s.listen.value,
-                s.balance.as_str(),
-                s.backends.len(),
-                if s.backends.len() == 1 { "" } else { "s" },
-                backends.join(", "),
             );
+            let pad = " ".repeat(width);
+            if let Some(tls) = &s.tls {
+                let certs: Vec<String> = tls
+                    .certs
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} (until {})",
+                            c.names.join(" "),
+                            humantime::format_rfc3339_seconds(c.not_after)
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "         {pad}  tls: {}", certs.join("; "));
+            }
+            if let Some(redirect) = &s.redirect_http {
+                let _ = writeln!(
+                    out,
+                    "         {pad}  http on {} redirects to https",
+                    redirect.value
+                );
+            }
+            for r in &s.routes {
+                let hosts: Vec<&str> = r.hosts.iter().map(|h| h.value.as_str()).collect();
+                let hosts = if hosts.is_empty() {
+                    "any host".to_owned()
+                } else {
+                    hosts.join(" ")
+                };
+                let path = r
+                    .path
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" {}*", p.value));
+                let _ = writeln!(
+                    out,
+                    "         {pad}  route {hosts}{path} -> {} over {}",
+                    r.balance.as_str(),
+                    backend_list(&r.backends, r.balance),
+                );
+            }
         }
         if self.gateway.is_none() && self.services.is_empty() {
             out.push_str("nothing configured: add a [gateway] section or a [[service]]\n");
@@ -90,6 +121,25 @@ impl Farm {
         }
         out
     }
+}
+
+fn backend_list(backends: &[Backend], balance: Balance) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| {
+            let name = b
+                .name
+                .as_ref()
+                .map(|n| format!("{} ", n.value))
+                .unwrap_or_default();
+            if balance.honours_weights() && b.weight != 1 {
+                format!("{name}{} (weight {})", b.addr.value, b.weight)
+            } else {
+                format!("{name}{}", b.addr.value)
+            }
+        })
+        .collect();
+    list.join(", ")
 }
 
 fn on_off(flag: bool) -> &'static str {

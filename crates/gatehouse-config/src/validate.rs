@@ -17,6 +17,7 @@ use crate::model::{
     Service,
 };
 use crate::raw;
+use crate::routes::UpstreamKeys;
 
 /// Weights are small integers, as in HAProxy (which allows 0..=256; 0 would mean
 /// "never", which is what removing the backend says more clearly).
@@ -27,7 +28,13 @@ const MAX_NAME_LEN: usize = 24;
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
-    let mut v = Validator::default();
+    let mut v = Validator {
+        base: std::path::Path::new(&source.name)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+        ..Validator::default()
+    };
     let gateway = file.gateway.map(|g| v.gateway(g));
     let services: Vec<Service> = file
         .service
@@ -82,12 +89,15 @@ struct ProxyKeys {
 }
 
 #[derive(Default)]
-struct Validator {
-    errors: Vec<Diagnostic>,
+pub(crate) struct Validator {
+    pub(crate) errors: Vec<Diagnostic>,
+    /// Relative paths in the file (certificates, keys, CAs) are relative to
+    /// the file's own directory, as nginx's are to its prefix.
+    pub(crate) base: PathBuf,
 }
 
 impl Validator {
-    fn error(&mut self, diagnostic: Diagnostic) {
+    pub(crate) fn error(&mut self, diagnostic: Diagnostic) {
         self.errors.push(diagnostic);
     }
 
@@ -167,7 +177,7 @@ impl Validator {
         }
     }
 
-    fn network(&mut self, raw: Spanned<String>) -> Option<Located<IpNet>> {
+    pub(crate) fn network(&mut self, raw: Spanned<String>) -> Option<Located<IpNet>> {
         let span = raw.span();
         let text = raw.get_ref();
         let parsed = text
@@ -187,7 +197,7 @@ impl Validator {
         }
     }
 
-    fn port(&mut self, span: Range<usize>, value: i64) -> Option<u16> {
+    pub(crate) fn port(&mut self, span: Range<usize>, value: i64) -> Option<u16> {
         match u16::try_from(value) {
             Ok(port) if port != 0 => Some(port),
             _ => {
@@ -210,9 +220,111 @@ impl Validator {
         let listen = self.listen(raw.listen);
         let mode = self.mode(raw.mode, table_span.clone(), gateway);
         let balance = self.balance(raw.balance, mode);
-        let backends_span = raw.backends.span();
+        let has_routes = !raw.route.is_empty();
+        let (backends, backends_span) = match raw.backends {
+            Some(list) => {
+                let span = list.span();
+                (
+                    self.backends(list.into_inner(), mode, balance, gateway),
+                    Some(span),
+                )
+            }
+            None => (Vec::new(), None),
+        };
+        let none_given = backends_span.is_none() && !has_routes;
+        if (backends.is_empty() && !has_routes && self.errors.len() == errors_before) || none_given {
+            self.error(
+                Diagnostic::new("a service needs at least one backend")
+                    .at(backends_span.unwrap_or(table_span.clone()))
+                    .help("list the servers to balance across, e.g. backends = [\"10.0.0.11:80\", \"10.0.0.12:80\"], or add [[service.route]] tables"),
+            );
+        }
+        if let (Some(listen), Some(Mode::Nat)) = (&listen, mode)
+            && let Some(IpAddr::V6(_)) = listen.addr
+        {
+            self.error(
+                Diagnostic::new("a nat service listens on an IPv4 address")
+                    .at(listen.span.clone())
+                    .help("give one of the gateway's IPv4 WAN addresses, or only the port"),
+            );
+        }
+        let health = match raw.health {
+            Some(raw) => self.health(raw).unwrap_or_default(),
+            None => Health::default(),
+        };
+        let proxy = self.proxy_options(
+            ProxyKeys {
+                access_log: raw.access_log,
+                timeouts: raw.timeouts,
+                max_connections: raw.max_connections,
+                max_header: raw.max_header,
+                max_body: raw.max_body,
+            },
+            mode,
+        );
+        let upstream = self.upstream_options(
+            UpstreamKeys {
+                backend_tls: raw.backend_tls,
+                send_proxy: raw.send_proxy,
+                backend_protocol: raw.backend_protocol,
+            },
+            mode,
+        );
+        let name_text = name.value.clone();
+        let routes = self.routes(raw.route, &name_text, mode, gateway);
+        // Whether tls is written, loaded or not: a certificate that fails to
+        // load is one error, not one more for every key that needs tls.
+        let tls_given = raw.tls.is_some();
+        let tls = raw.tls.and_then(|tls| self.listener_tls(tls, mode));
+        let redirect_http = raw
+            .redirect_http
+            .and_then(|r| self.redirect_http(r, mode, tls_given));
+        let hsts = raw.hsts.and_then(|h| {
+            let span = h.span();
+            let max_age = self.duration(h, "hsts")?;
+            if !tls_given {
+                self.error(
+                    Diagnostic::new("hsts needs tls on the service")
+                        .at(span)
+                        .help("browsers ignore Strict-Transport-Security over plain HTTP: add tls = [...] or remove hsts"),
+                );
+            }
+            Some(max_age)
+        });
+        let accept_proxy = raw
+            .accept_proxy
+            .map(|list| self.accept_proxy(list, mode))
+            .unwrap_or_default();
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(Service {
+            name,
+            listen: listen?,
+            mode: mode?,
+            balance: balance?,
+            backends,
+            health,
+            proxy,
+            upstream,
+            routes,
+            tls,
+            redirect_http,
+            hsts,
+            accept_proxy,
+        })
+    }
+
+    /// A list of backends, each once by address and by name.
+    pub(crate) fn backends(
+        &mut self,
+        list: Vec<Spanned<raw::Backend>>,
+        mode: Option<Mode>,
+        balance: Option<Balance>,
+        gateway: Option<&Gateway>,
+    ) -> Vec<Backend> {
         let mut backends: Vec<Backend> = Vec::new();
-        for entry in raw.backends.into_inner() {
+        for entry in list {
             if let Some(backend) = self.backend(entry, mode, balance, gateway) {
                 if let (Some(name), Some(first)) = (
                     &backend.name,
@@ -246,51 +358,10 @@ impl Validator {
                 backends.push(backend);
             }
         }
-        if backends.is_empty() && self.errors.len() == errors_before {
-            self.error(
-                Diagnostic::new("a service needs at least one backend")
-                    .at(backends_span)
-                    .help("list the servers to balance across, e.g. backends = [\"10.0.0.11:80\", \"10.0.0.12:80\"]"),
-            );
-        }
-        if let (Some(listen), Some(Mode::Nat)) = (&listen, mode)
-            && let Some(IpAddr::V6(_)) = listen.addr
-        {
-            self.error(
-                Diagnostic::new("a nat service listens on an IPv4 address")
-                    .at(listen.span.clone())
-                    .help("give one of the gateway's IPv4 WAN addresses, or only the port"),
-            );
-        }
-        let health = match raw.health {
-            Some(raw) => self.health(raw).unwrap_or_default(),
-            None => Health::default(),
-        };
-        let proxy = self.proxy_options(
-            ProxyKeys {
-                access_log: raw.access_log,
-                timeouts: raw.timeouts,
-                max_connections: raw.max_connections,
-                max_header: raw.max_header,
-                max_body: raw.max_body,
-            },
-            mode,
-        );
-        if self.errors.len() != errors_before {
-            return None;
-        }
-        Some(Service {
-            name,
-            listen: listen?,
-            mode: mode?,
-            balance: balance?,
-            backends,
-            health,
-            proxy,
-        })
+        backends
     }
 
-    fn health(&mut self, raw: Spanned<raw::Health>) -> Option<Health> {
+    pub(crate) fn health(&mut self, raw: Spanned<raw::Health>) -> Option<Health> {
         let table_span = raw.span();
         let raw = raw.into_inner();
         let defaults = Health::default();
@@ -400,7 +471,7 @@ impl Validator {
 
     /// "2s", "500ms", "1m 30s" (humantime's syntax); zero is refused because
     /// every duration here is a period or a limit.
-    fn duration(&mut self, raw: Spanned<String>, key: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, raw: Spanned<String>, key: &str) -> Option<Duration> {
         match humantime::parse_duration(raw.get_ref()) {
             Ok(d) if !d.is_zero() => Some(d),
             _ => {
@@ -565,7 +636,7 @@ impl Validator {
         Located::new(name, span)
     }
 
-    fn listen(&mut self, raw: Spanned<toml::Value>) -> Option<Located<Listen>> {
+    pub(crate) fn listen(&mut self, raw: Spanned<toml::Value>) -> Option<Located<Listen>> {
         let span = raw.span();
         let help = "write \"PORT\" (every WAN address) or \"ADDR:PORT\" (one of the gateway's WAN addresses), e.g. \"80\" or \"198.51.100.1:80\"";
         match raw.get_ref() {
@@ -642,7 +713,7 @@ impl Validator {
         Some(mode)
     }
 
-    fn balance(&mut self, raw: Option<Spanned<String>>, mode: Option<Mode>) -> Option<Balance> {
+    pub(crate) fn balance(&mut self, raw: Option<Spanned<String>>, mode: Option<Mode>) -> Option<Balance> {
         let Some(raw) = raw else {
             return Some(Balance::RoundRobin);
         };
@@ -801,22 +872,46 @@ impl Validator {
                         .help("give every [[service]] its own name"),
                 );
             }
-            if let Some(first) = earlier.iter().find(|s| s.listen.overlaps(&service.listen)) {
-                self.error(
-                    Diagnostic::new(format!(
-                        "port {} is already used by service \"{}\"",
-                        service.listen.port, first.name.value
-                    ))
-                    .at(service.listen.span.clone())
-                    .related(first.listen.span.clone(), "first used here")
-                    .help("each service needs its own port (or its own WAN address with \"ADDR:PORT\")"),
-                );
+            // Every listener of earlier services, and this one's main listener
+            // for its redirect.
+            let taken: Vec<(&Located<Listen>, &str)> = earlier
+                .iter()
+                .flat_map(|s| {
+                    std::iter::once(&s.listen)
+                        .chain(&s.redirect_http)
+                        .map(|l| (l, s.name.as_str()))
+                })
+                .chain(std::iter::once((&service.listen, service.name.as_str())))
+                .collect();
+            for (k, mine) in std::iter::once(&service.listen)
+                .chain(&service.redirect_http)
+                .enumerate()
+            {
+                let others = if k == 0 {
+                    &taken[..taken.len() - 1]
+                } else {
+                    &taken[..]
+                };
+                if let Some((first, owner)) = others.iter().find(|(l, _)| l.overlaps(mine)) {
+                    self.error(
+                        Diagnostic::new(format!(
+                            "port {} is already used by service \"{owner}\"",
+                            mine.port
+                        ))
+                        .at(mine.span.clone())
+                        .related(first.span.clone(), "first used here")
+                        .help("each service needs its own port (or its own WAN address with \"ADDR:PORT\")"),
+                    );
+                }
             }
             let Some(gateway) = gateway else { continue };
-            if service.listen.port == gateway.ssh_port {
+            for listen in std::iter::once(&service.listen).chain(&service.redirect_http) {
+                if listen.port != gateway.ssh_port {
+                    continue;
+                }
                 self.error(
                     Diagnostic::new(format!("port {} is the gateway's SSH port", gateway.ssh_port))
-                        .at(service.listen.span.clone())
+                        .at(listen.span.clone())
                         .help("choose another port for the service, or move SSH with gateway.ssh_port"),
                 );
             }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use gatehouse_config::{Health, Service};
+use gatehouse_config::{Health, Service, Target};
 use tokio::sync::watch;
 
 use crate::metrics::{BackendStats, Metrics, ServiceStats};
@@ -173,8 +173,35 @@ impl Pool {
     /// The pool for a service. Backends that were in `previous` (same address)
     /// keep their state and since-when, so a reload does not reset health.
     pub fn new(service: &Service, metrics: &Metrics, previous: Option<&Pool>) -> Arc<Pool> {
-        let name = &service.name.value;
-        let backends = service
+        let target = Target {
+            name: &service.name.value,
+            backends: &service.backends,
+            balance: service.balance,
+            health: &service.health,
+            upstream: &service.upstream,
+            route: None,
+        };
+        Pool::for_target(&target, metrics, previous)
+    }
+
+    /// One pool per group of backends of the service (`Service::targets`, in
+    /// that order); each carries health over from the previous pool of the
+    /// same name.
+    pub fn for_service(service: &Service, metrics: &Metrics, previous: &[Arc<Pool>]) -> Vec<Arc<Pool>> {
+        service
+            .targets()
+            .iter()
+            .map(|target| {
+                let old = previous.iter().find(|p| p.service == target.name);
+                Pool::for_target(target, metrics, old.map(|p| &**p))
+            })
+            .collect()
+    }
+
+    /// The pool of one group of backends (a service's own, or a route's).
+    pub fn for_target(target: &Target, metrics: &Metrics, previous: Option<&Pool>) -> Arc<Pool> {
+        let name = target.name;
+        let backends = target
             .backends
             .iter()
             .map(|b| {
@@ -208,8 +235,8 @@ impl Pool {
             })
             .collect();
         let pool = Pool {
-            service: name.clone(),
-            health: service.health.clone(),
+            service: name.to_owned(),
+            health: target.health.clone(),
             stats: metrics.service(name),
             backends,
             changes: watch::Sender::new(0),

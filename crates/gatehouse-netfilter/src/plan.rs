@@ -137,12 +137,15 @@ fn input(g: &Gateway, proxy_services: &[&Service]) -> Chain {
         }
     }
     for s in proxy_services {
-        let mut matches = Vec::new();
-        if let Some(addr) = s.listen.addr {
-            matches.push(Match::Daddr(addr));
+        let redirect = s.redirect_http.iter().map(|r| (&r.value, " redirect_http"));
+        for (listen, what) in std::iter::once((&s.listen.value, "")).chain(redirect) {
+            let mut matches = Vec::new();
+            if let Some(addr) = listen.addr {
+                matches.push(Match::Daddr(addr));
+            }
+            matches.push(Match::TcpDport(vec![listen.port]));
+            rules.push(Rule::new(matches, Action::Accept).comment(format!("service {}{what}", s.name.value)));
         }
-        matches.push(Match::TcpDport(vec![s.listen.port]));
-        rules.push(Rule::new(matches, Action::Accept).comment(format!("service {}", s.name.value)));
     }
     Chain {
         hook: Hook::Input,

@@ -149,3 +149,23 @@ fn iptables_restore_accepts_every_export() {
         );
     }
 }
+
+/// A proxy service's `redirect_http` port is opened like its listener.
+/// (Not a golden file: redirect_http needs a certificate, which expires.)
+#[test]
+fn a_redirect_port_is_opened_in_input() {
+    let text = "[gateway]\nwan = \"eth0\"\nlan = \"eth1\"\n\n[[service]]\nname = \"sites\"\nlisten = \"443\"\n\
+                mode = \"http\"\nbackends = [\"10.0.0.21:80\"]\n";
+    let mut farm = Farm::parse("redirect.toml", text).expect("valid");
+    let listen = gatehouse_config::Listen { addr: None, port: 80 };
+    farm.services[0].redirect_http = Some(gatehouse_config::Located::new(listen, 0..0));
+    let nft = apply::definition(&farm, None).1;
+    assert!(
+        nft.contains("tcp dport 443 accept comment \"service sites\""),
+        "{nft}"
+    );
+    assert!(
+        nft.contains("tcp dport 80 accept comment \"service sites redirect_http\""),
+        "{nft}"
+    );
+}

@@ -36,9 +36,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let metrics = Metrics::new();
         let mut servers = Vec::new();
         for service in farm.proxy_services() {
-            let pool: Arc<Pool> = Pool::new(service, &metrics, None);
-            tokio::spawn(pool.clone().run_checks());
-            let server = Server::start(service, pool).await?;
+            let pools: Vec<Arc<Pool>> = Pool::for_service(service, &metrics, &[]);
+            for pool in &pools {
+                tokio::spawn(pool.clone().run_checks());
+            }
+            let server = Server::start(service, pools, &metrics).await?;
             eprintln!("{}: listening on {}", service.name.value, server.local_addr());
             servers.push(server);
         }

@@ -36,11 +36,11 @@ use std::time::Duration;
 
 use hyper::body::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::deadline::Deadline;
 use crate::http::Client;
+use crate::stream::ClientStream;
 
 /// How long a keep-alive connection idles before it gives up hyper's buffers.
 /// Long enough that a client sending request after request never parks.
@@ -58,7 +58,11 @@ enum Wait {
 
 #[derive(Debug)]
 pub(crate) struct ClientIo {
-    stream: TcpStream,
+    stream: ClientStream,
+    /// HTTP/2: requests interleave with frames (pings, window updates), so
+    /// bytes between requests do not start a request head, and the
+    /// connection is never parked (hyper's h2 cannot be handed back).
+    multiplexed: bool,
     client: Arc<Client>,
     wait: Wait,
     /// When the current wait ends (while idle: parking, or the idle timeout).
@@ -76,10 +80,11 @@ pub(crate) struct ClientIo {
 }
 
 impl ClientIo {
-    pub(crate) fn new(stream: TcpStream, client: Arc<Client>) -> ClientIo {
+    pub(crate) fn new(stream: ClientStream, client: Arc<Client>, multiplexed: bool) -> ClientIo {
         let deadline = Instant::now() + client.header_timeout();
         ClientIo {
             stream,
+            multiplexed,
             client,
             wait: Wait::Head,
             deadline: Deadline::new(deadline),
@@ -95,6 +100,10 @@ impl ClientIo {
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.deadline.poll_expired(cx));
         if self.wait == Wait::Idle && Instant::now() < self.idle_until {
+            if self.multiplexed {
+                self.deadline.set(self.idle_until);
+                return self.poll_deadline(cx);
+            }
             self.parked = true;
             self.deadline.set(self.idle_until);
             return Poll::Ready(Ok(()));
@@ -171,7 +180,7 @@ impl AsyncRead for ClientIo {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if this.wait == Wait::Idle && buf.filled().len() > before {
+                if this.wait == Wait::Idle && buf.filled().len() > before && !this.multiplexed {
                     this.wait = Wait::Head;
                     this.head_started = true;
                 }
@@ -202,7 +211,7 @@ impl AsyncWrite for ClientIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        AsyncWrite::is_write_vectored(&self.stream)
     }
 
     /// hyper flushes after writing a response's end but reads again only

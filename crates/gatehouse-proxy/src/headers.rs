@@ -29,6 +29,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub(crate) struct ClientHeaders {
     /// The client address as X-Forwarded-For writes it.
     ip: HeaderValue,
+    /// "http" or "https".
+    proto: HeaderValue,
     /// `for=192.0.2.7;proto=http` or `for="[2001:db8::7]";proto=http`.
     forwarded: String,
     /// The last Host and the Forwarded value made with it: a keep-alive
@@ -38,13 +40,17 @@ pub(crate) struct ClientHeaders {
 }
 
 impl ClientHeaders {
-    pub(crate) fn new(ip: IpAddr) -> ClientHeaders {
+    /// `https`: the client connection is TLS (X-Forwarded-Proto and
+    /// Forwarded's proto say so).
+    pub(crate) fn new(ip: IpAddr, https: bool) -> ClientHeaders {
         let text = ip.to_string();
+        let proto = if https { "https" } else { "http" };
         let forwarded = match ip {
-            IpAddr::V4(_) => format!("for={text};proto=http"),
-            IpAddr::V6(_) => format!("for=\"[{text}]\";proto=http"),
+            IpAddr::V4(_) => format!("for={text};proto={proto}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\";proto={proto}"),
         };
         ClientHeaders {
+            proto: HeaderValue::from_static(proto),
             ip: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
             forwarded,
             last: Mutex::new(None),
@@ -200,7 +206,7 @@ pub(crate) fn forward_request(headers: &mut HeaderMap, client: &ClientHeaders, u
             entry.insert(value);
         }
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_PROTO, client.proto.clone());
 
     let host = headers.get(header::HOST).cloned();
     match headers.entry(header::FORWARDED) {
@@ -316,7 +322,7 @@ mod tests {
 
     #[test]
     fn forwarding_headers_append_to_earlier_proxies() {
-        let client = ClientHeaders::new("203.0.113.7".parse().unwrap());
+        let client = ClientHeaders::new("203.0.113.7".parse().unwrap(), false);
         let mut headers = map(&[
             ("host", "example.com:8080"),
             ("x-forwarded-for", "198.51.100.1"),
@@ -339,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_forwarded_element_follows_the_host() {
-        let client = ClientHeaders::new("203.0.113.7".parse().unwrap());
+        let client = ClientHeaders::new("203.0.113.7".parse().unwrap(), false);
         for host in ["a.example", "a.example", "b.example:8080", "b.example:8080"] {
             let mut headers = map(&[("host", host)]);
             forward_request(&mut headers, &client, false);
@@ -361,13 +367,25 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_quoted_and_bracketed() {
-        let client = ClientHeaders::new(Ipv6Addr::LOCALHOST.into());
+        let client = ClientHeaders::new(Ipv6Addr::LOCALHOST.into(), false);
         let mut headers = map(&[("host", "example.com")]);
         forward_request(&mut headers, &client, false);
         assert_eq!(get(&headers, "x-forwarded-for"), Some("::1"));
         assert_eq!(
             get(&headers, "forwarded"),
             Some("for=\"[::1]\";proto=http;host=example.com")
+        );
+    }
+
+    #[test]
+    fn tls_clients_are_https() {
+        let client = ClientHeaders::new("203.0.113.7".parse().unwrap(), true);
+        let mut headers = map(&[("host", "example.com"), ("x-forwarded-proto", "http")]);
+        forward_request(&mut headers, &client, false);
+        assert_eq!(get(&headers, "x-forwarded-proto"), Some("https"));
+        assert_eq!(
+            get(&headers, "forwarded"),
+            Some("for=203.0.113.7;proto=https;host=example.com")
         );
     }
 

@@ -1,6 +1,7 @@
-//! One HTTP client connection: hyper's HTTP/1.1 server on the client's
-//! socket, each request handed to [`forward`](crate::forward), and after an
-//! upgrade (a 101 answer) the tunnel between client and backend.
+//! One HTTP client connection: hyper's HTTP/1.1 or HTTP/2 server on the
+//! client's socket (plain or TLS; ALPN chose the protocol), each request
+//! handed to [`forward`](crate::forward), and after an HTTP/1.1 upgrade (a
+//! 101 answer) the tunnel between client and backend.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -12,22 +13,28 @@ use std::task::Poll;
 use std::time::Duration;
 
 use gatehouse_config::Timeouts;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::Finish;
 use crate::client_io::ClientIo;
 use crate::headers::ClientHeaders;
 use crate::listener::Shared;
-use crate::route::Route;
+use crate::proxy_protocol::Addresses;
+use crate::settings::Settings;
+use crate::stream::ClientStream;
 
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What every request of one client connection shares.
 pub(crate) struct Client {
     pub(crate) ip: IpAddr,
+    /// The client and the address it connected to (from a PROXY header
+    /// when a trusted upstream sent one): what `send_proxy` tells backends.
+    pub(crate) addresses: Addresses,
+    /// Over TLS: the SNI name the client sent, and the certificate it got.
+    pub(crate) tls: Option<TlsSession>,
     pub(crate) headers: ClientHeaders,
     /// Requests received and not yet answered to the end: tells the socket
     /// which read deadline applies.
@@ -48,11 +55,22 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// What a TLS client connection negotiated.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSession {
+    pub(crate) sni: Option<String>,
+    /// Index of the certificate presented (the settings' `tls.certs`).
+    pub(crate) cert: usize,
+}
+
 impl Client {
-    fn new(ip: IpAddr, timeouts: &Timeouts) -> Client {
+    fn new(addresses: Addresses, tls: Option<TlsSession>, timeouts: &Timeouts) -> Client {
+        let ip = addresses.source.ip();
         let client = Client {
             ip,
-            headers: ClientHeaders::new(ip),
+            addresses,
+            headers: ClientHeaders::new(ip, tls.is_some()),
+            tls,
             in_flight: AtomicUsize::new(0),
             header_ms: AtomicU64::new(0),
             idle_ms: AtomicU64::new(0),
@@ -89,15 +107,15 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// hyper's HTTP/1.1 server, as the service's settings want it.
-fn builder(route: &Route) -> http1::Builder {
+fn builder(settings: &Settings) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         // Our ClientIo keeps the header and idle deadlines (see there).
         .header_read_timeout(None)
         // A head larger than max_header is answered 431 (the buffer bound
         // makes hyper give up on an incomplete one of that size too).
-        .max_header_size(route.max_header)
-        .max_buf_size(route.max_header.max(8192))
+        .max_header_size(settings.max_header)
+        .max_buf_size(settings.max_header.max(8192))
         // One send(2) per flush rather than writev(2) of head and body: for
         // the small responses that dominate, the copy is cheaper than the
         // vectored path through the VFS.
@@ -108,35 +126,58 @@ fn builder(route: &Route) -> http1::Builder {
 /// Serve one client connection until it closes, is drained, or is cut:
 /// hyper serves requests; an idle connection is parked (hyper lets go of it
 /// and its buffers) until the client sends again; after a 101 the tunnel
-/// takes over.
-pub(crate) async fn serve(shared: Arc<Shared>, route: Arc<Route>, stream: TcpStream, ip: IpAddr) {
-    let client = Arc::new(Client::new(ip, &route.timeouts));
+/// takes over. `h2`: ALPN chose HTTP/2.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    stream: ClientStream,
+    addresses: Addresses,
+    tls: Option<TlsSession>,
+    h2: bool,
+) {
+    let client = Arc::new(Client::new(addresses, tls, &settings.timeouts));
 
     // Each request takes the service's settings current when it arrives: a
     // reload reaches kept-alive connections at their next request. The
     // generation check is one atomic load; the lock is taken only after a
     // reload.
-    let current = RefCell::new(route);
+    let current = RefCell::new(settings);
     let handler_client = client.clone();
     let handler_shared = shared.clone();
     let mut service = service_fn(move |request| {
         let finish = Finish::new(handler_client.clone());
-        let route = {
+        let settings = {
             let mut current = current.borrow_mut();
             if current.generation != handler_shared.generation() {
-                *current = handler_shared.route();
+                *current = handler_shared.settings();
                 handler_client.set_timeouts(&current.timeouts);
             }
             current.clone()
         };
-        crate::forward::handle(route, handler_client.clone(), request, finish)
+        crate::forward::handle(settings, handler_client.clone(), request, finish)
     });
 
-    let mut io = ClientIo::new(stream, client.clone());
+    let mut io = ClientIo::new(stream, client.clone(), h2);
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(shared.settings().max_header).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+        let served = shared
+            .tracker
+            .run(&mut connection, |c| c.as_mut().graceful_shutdown())
+            .await;
+        if let Some(Err(e)) = served {
+            tracing::debug!(client = %client.ip, "client h2 connection: {e}");
+        }
+        return;
+    }
     loop {
         // Boxed, so that a parked connection does not keep its room.
         let mut connection = Box::new(
-            builder(&shared.route())
+            builder(&shared.settings())
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades(),
         );

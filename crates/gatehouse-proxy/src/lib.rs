@@ -26,23 +26,29 @@ mod forward;
 mod headers;
 mod http;
 mod listener;
-mod route;
+mod proxy_protocol;
+mod redirect;
+mod router;
+mod settings;
+mod stream;
 mod tcp;
 mod tunnel;
 mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatehouse_config::{Mode, Service};
-use gatehouse_health::Pool;
+use gatehouse_health::{Metrics, Pool};
 use tokio::task::JoinHandle;
+
+pub use crate::redirect::Redirect;
 
 use crate::access_log::LogSink;
 use crate::listener::Shared;
-use crate::route::Route;
+use crate::settings::Settings;
 
 /// One service's listener and its connections.
 #[derive(Debug)]
@@ -51,15 +57,18 @@ pub struct Server {
     local: SocketAddr,
     accept: JoinHandle<()>,
     reaper: JoinHandle<()>,
+    redirect: Mutex<Option<redirect::Running>>,
 }
 
 impl Server {
     /// Bind the service's listener (`service.bind_addr()`: for a port-only
     /// listen that is `[::]:PORT`, dual-stack; if IPv6 is unavailable it
-    /// falls back to `0.0.0.0:PORT`) with SO_REUSEADDR, and start accepting
-    /// on the current tokio runtime. Errors name the address ("cannot listen
-    /// on 127.0.0.1:8080: Address already in use"). A nat service is refused.
-    pub async fn start(service: &Service, pool: Arc<Pool>) -> io::Result<Server> {
+    /// falls back to `0.0.0.0:PORT`) with SO_REUSEADDR, and its
+    /// `redirect_http` listener if any, and start accepting on the current
+    /// tokio runtime. `pools` are the service's (`Pool::for_service`). Errors
+    /// name the address ("cannot listen on 127.0.0.1:8080: Address already
+    /// in use"). A nat service is refused.
+    pub async fn start(service: &Service, pools: Vec<Arc<Pool>>, metrics: &Metrics) -> io::Result<Server> {
         if service.mode == Mode::Nat {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -73,11 +82,16 @@ impl Server {
             Some(target) => Some(LogSink::start(target, &service.name)?),
             None => None,
         };
-        let route = Route::new(service, pool, 1, None, log.clone());
-        let backlog = route.max_connections.clamp(1024, 65_535);
+        let settings = Settings::new(service, pools, metrics, 1, None, log.clone());
+        let backlog = settings.max_connections.clamp(1024, 65_535);
         let listener = listener::bind(service.bind_addr(), backlog)?;
+        let redirect = Redirect::bind(service)?;
         let local = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(route, log));
+        let redirect = match redirect {
+            Some(r) => Some(redirect::Running::start(r, local.port())?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(settings, log));
         let accept = tokio::spawn(listener::accept_loop(listener, shared.clone()));
         let reaper = tokio::spawn(reap(Arc::downgrade(&shared)));
         Ok(Server {
@@ -85,6 +99,7 @@ impl Server {
             local,
             accept,
             reaper,
+            redirect: Mutex::new(redirect),
         })
     }
 
@@ -92,11 +107,41 @@ impl Server {
         self.local
     }
 
+    /// Where the `redirect_http` listener listens, if there is one.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| r.local)
+    }
+
+    /// Whether `update` with this service needs a newly bound redirect
+    /// listener (`Redirect::bind`): it has one at another address.
+    pub fn needs_redirect(&self, service: &Service) -> bool {
+        let running = self.redirect.lock().unwrap_or_else(|e| e.into_inner());
+        match (&service.redirect_http, running.as_ref()) {
+            (Some(wanted), Some(running)) => wanted.value != running.listen,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
     /// A reloaded config for the same listen address: new connections, and
     /// the next request on existing keep-alive connections, use the new
-    /// service settings and pool. Nothing in flight or idle is dropped. The
-    /// access log is reopened (so SIGHUP also serves logrotate).
-    pub fn update(&self, service: &Service, pool: Arc<Pool>) {
+    /// service settings (certificates included) and pools. Nothing in flight
+    /// or idle is dropped; TLS connections keep the certificate they got.
+    /// The access log is reopened (so SIGHUP also serves logrotate).
+    /// `redirect`: the newly bound redirect listener when `needs_redirect`
+    /// said so; without it the running one is kept, or stopped when the
+    /// service no longer redirects.
+    pub fn update(
+        &self,
+        service: &Service,
+        pools: Vec<Arc<Pool>>,
+        metrics: &Metrics,
+        redirect: Option<Redirect>,
+    ) {
         let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
         match (&service.proxy.access_log, log.as_ref()) {
             (Some(target), Some(sink)) => sink.reopen(target),
@@ -109,15 +154,27 @@ impl Server {
             // Running requests keep their clones; the writer ends with them.
             (None, _) => *log = None,
         }
-        let previous = self.shared.route();
-        let route = Route::new(
+        let previous = self.shared.settings();
+        let settings = Settings::new(
             service,
-            pool,
+            pools,
+            metrics,
             previous.generation + 1,
             Some(&previous),
             log.clone(),
         );
-        self.shared.set_route(route);
+        self.shared.set_settings(settings);
+        let mut running = self.redirect.lock().unwrap_or_else(|e| e.into_inner());
+        if service.redirect_http.is_none() {
+            *running = None;
+        } else if let Some(bound) = redirect {
+            match redirect::Running::start(bound, self.local.port()) {
+                Ok(started) => *running = Some(started),
+                Err(e) => tracing::warn!(service = %service.name.value, "redirect_http: {e}"),
+            }
+        } else if let Some(current) = running.as_ref() {
+            current.set_https_port(self.local.port());
+        }
     }
 
     /// Client connections open now.
@@ -131,6 +188,7 @@ impl Server {
     /// were cut.
     pub async fn shutdown(mut self, drain: Duration) -> usize {
         self.accept.abort();
+        self.redirect.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The listener is closed once the aborted task has been dropped.
         let _ = (&mut self.accept).await;
         self.shared.tracker.shutdown(drain).await
@@ -152,6 +210,6 @@ async fn reap(shared: std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        shared.route().reap();
+        shared.settings().reap();
     }
 }

@@ -11,18 +11,21 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use gatehouse_config::Mode;
-use gatehouse_health::Pool;
+use gatehouse_health::ServiceStats;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::access_log::LogSink;
-use crate::route::Route;
+use crate::http::TlsSession;
+use crate::proxy_protocol::{self, Addresses};
+use crate::settings::Settings;
+use crate::stream::ClientStream;
 
 /// What the server's handle, its accept loop and its connections share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    route: RwLock<Arc<Route>>,
+    settings: RwLock<Arc<Settings>>,
     generation: AtomicU64,
     pub(crate) tracker: Tracker,
     /// The access log writer, while the service has an access log.
@@ -30,17 +33,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(route: Route, log: Option<LogSink>) -> Shared {
+    pub(crate) fn new(settings: Settings, log: Option<LogSink>) -> Shared {
         Shared {
-            generation: AtomicU64::new(route.generation),
-            route: RwLock::new(Arc::new(route)),
+            generation: AtomicU64::new(settings.generation),
+            settings: RwLock::new(Arc::new(settings)),
             tracker: Tracker::default(),
             log: Mutex::new(log),
         }
     }
 
-    pub(crate) fn route(&self) -> Arc<Route> {
-        self.route.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -48,18 +51,18 @@ impl Shared {
     }
 
     /// Count a new client connection until the returned guard is dropped.
-    pub(crate) fn opened(self: &Arc<Shared>, pool: Arc<Pool>) -> Open {
+    pub(crate) fn opened(self: &Arc<Shared>, stats: ServiceStats) -> Open {
         self.tracker.open.fetch_add(1, Ordering::AcqRel);
-        pool.stats.client_connections.inc();
+        stats.client_connections.inc();
         Open {
             shared: self.clone(),
-            pool,
+            stats,
         }
     }
 
-    pub(crate) fn set_route(&self, route: Route) {
-        let generation = route.generation;
-        *self.route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(route);
+    pub(crate) fn set_settings(&self, settings: Settings) {
+        let generation = settings.generation;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         self.generation.store(generation, Ordering::Release);
     }
 }
@@ -109,7 +112,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let closed = shared.tracker.closed.notified();
             tokio::pin!(closed);
             closed.as_mut().enable();
-            if shared.tracker.open() < shared.route().max_connections {
+            if shared.tracker.open() < shared.settings().max_connections {
                 break;
             }
             closed.await;
@@ -126,21 +129,87 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let route = shared.route();
-        let guard = shared.opened(route.pool.clone());
-        let ip = peer.ip().to_canonical();
+        let settings = shared.settings();
+        let guard = shared.opened(settings.stats.clone());
         let shared = shared.clone();
-        match route.mode {
-            Mode::Tcp => tokio::spawn(async move {
-                let mut relay = std::pin::pin!(crate::tcp::serve(route, stream, ip));
-                shared.tracker.run(&mut relay, |_| {}).await;
-                drop(guard);
-            }),
-            _ => tokio::spawn(async move {
-                crate::http::serve(shared, route, stream, ip).await;
-                drop(guard);
-            }),
-        };
+        tokio::spawn(async move {
+            let mut connection = Box::pin(serve_connection(shared.clone(), settings, stream, peer));
+            shared.tracker.run(&mut connection, |_| {}).await;
+            // What the connection holds (requests in flight and their
+            // backend gauges) goes before it stops counting as open: a
+            // shutdown that waits for the count then finds everything closed.
+            drop(connection);
+            drop(guard);
+        });
+    }
+}
+
+/// One accepted connection: the PROXY header from a trusted upstream, the
+/// TLS handshake (both within the header timeout), then HTTP or TCP.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let mut addresses = Addresses {
+        source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        destination: SocketAddr::new(local.ip().to_canonical(), local.port()),
+    };
+    let deadline = tokio::time::Instant::now() + settings.timeouts.header;
+    if settings.expects_proxy_header(peer.ip()) {
+        match proxy_protocol::read_header(&mut stream, settings.timeouts.header).await {
+            Ok(Some(told)) => {
+                addresses = Addresses {
+                    source: SocketAddr::new(told.source.ip().to_canonical(), told.source.port()),
+                    destination: SocketAddr::new(
+                        told.destination.ip().to_canonical(),
+                        told.destination.port(),
+                    ),
+                }
+            }
+            // The upstream's own health check: its address stands.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(service = %settings.service, "{e}");
+                return;
+            }
+        }
+    }
+    let (stream, session, h2) = match &settings.tls {
+        None => (ClientStream::Plain(stream), None, false),
+        Some(tls) => {
+            let handshake = tokio::time::timeout_at(
+                deadline,
+                tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream),
+            )
+            .await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(service = %settings.service, client = %addresses.source, "TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(service = %settings.service, client = %addresses.source, "TLS handshake: no handshake within the header timeout");
+                    return;
+                }
+            };
+            let connection = stream.get_ref().1;
+            let sni = connection.server_name().map(str::to_ascii_lowercase);
+            let h2 = connection.alpn_protocol() == Some(b"h2");
+            let cert = gatehouse_tls::select(&tls.certs, sni.as_deref());
+            (
+                ClientStream::Tls(Box::new(stream)),
+                Some(TlsSession { sni, cert }),
+                h2,
+            )
+        }
+    };
+    match settings.mode {
+        Mode::Tcp => crate::tcp::serve(settings, stream, addresses).await,
+        _ => crate::http::serve(shared, settings, stream, addresses, session, h2).await,
     }
 }
 
@@ -180,12 +249,12 @@ struct Wakers {
 #[derive(Debug)]
 pub(crate) struct Open {
     shared: Arc<Shared>,
-    pool: Arc<Pool>,
+    stats: ServiceStats,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.pool.stats.client_connections.dec();
+        self.stats.client_connections.dec();
         let tracker = &self.shared.tracker;
         tracker.open.fetch_sub(1, Ordering::AcqRel);
         tracker.closed.notify_waiters();

@@ -2,23 +2,27 @@
 //! backend when the connect fails), then relay bytes until both sides close
 //! or the connection idles out.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-
-use tokio::net::TcpStream;
 
 use crate::access_log;
 use crate::balance::{MAX_ATTEMPTS, Pick, Tried};
 use crate::body::InFlight;
-use crate::route::Route;
+use crate::proxy_protocol::Addresses;
+use crate::settings::Settings;
+use crate::stream::ClientStream;
 use crate::tunnel;
-use crate::upstream::{self, ConnectError};
+use crate::upstream::ConnectError;
 
-pub(crate) async fn serve(route: Arc<Route>, client: TcpStream, ip: IpAddr) {
+pub(crate) async fn serve(settings: Arc<Settings>, client: ClientStream, addresses: Addresses) {
     let started = Instant::now();
     let wall = SystemTime::now();
-    let backends = route.pool.backends();
+    let ip = addresses.source.ip();
+    // Validation gives a tcp service its own backends and no routes.
+    let Some(target) = settings.targets.first() else {
+        return;
+    };
+    let backends = target.pool.backends();
     let attempts = backends.len().min(MAX_ATTEMPTS);
     let mut tried = Tried::default();
     let mut connected = None;
@@ -28,19 +32,22 @@ pub(crate) async fn serve(route: Arc<Route>, client: TcpStream, ip: IpAddr) {
             cookie: None,
             tried: &tried,
         };
-        let Some(i) = route.balancer.pick(backends, &pick) else {
+        let Some(i) = target.balancer.pick(backends, &pick) else {
             break;
         };
         tried.push(i);
         let backend = &backends[i];
         let in_flight = InFlight::new(backend.clone());
         let connecting = Instant::now();
-        match upstream::connect_tcp(backend.addr, route.timeouts.connect).await {
+        match target.upstreams[i]
+            .open(settings.timeouts.connect, addresses)
+            .await
+        {
             Ok(stream) => {
                 // A tcp connection counts as one 2xx answer once connected.
                 backend.stats.response(200);
                 backend.stats.latency.observe(connecting.elapsed().as_secs_f64());
-                route.pool.report_success(backend);
+                target.pool.report_success(backend);
                 connected = Some((backend.addr, stream, in_flight));
                 break;
             }
@@ -49,13 +56,13 @@ pub(crate) async fn serve(route: Arc<Route>, client: TcpStream, ip: IpAddr) {
                     ConnectError::Timeout(_) => backend.stats.timeouts.inc(),
                     ConnectError::Io(_) => backend.stats.connect_errors.inc(),
                 };
-                route.backend_failed(i, e.to_string());
+                target.backend_failed(i, e.to_string());
             }
         }
     }
     let Some((addr, stream, in_flight)) = connected else {
-        route.pool.stats.no_backend.inc();
-        if let Some(sink) = &route.log {
+        target.pool.stats.no_backend.inc();
+        if let Some(sink) = &settings.log {
             sink.send(access_log::tcp_line(
                 ip,
                 wall,
@@ -68,12 +75,12 @@ pub(crate) async fn serve(route: Arc<Route>, client: TcpStream, ip: IpAddr) {
         }
         return;
     };
-    let relayed = tunnel::relay(client, stream, route.timeouts.idle).await;
+    let relayed = tunnel::relay(client, stream, settings.timeouts.idle).await;
     drop(in_flight);
     if let tunnel::End::Error(e) = &relayed.end {
-        tracing::debug!(service = %route.pool.service, %addr, "tcp relay: {e}");
+        tracing::debug!(service = %target.pool.service, %addr, "tcp relay: {e}");
     }
-    if let Some(sink) = &route.log {
+    if let Some(sink) = &settings.log {
         let line = access_log::tcp_line(
             ip,
             wall,

@@ -18,23 +18,34 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use gatehouse_config::{BackendProtocol, ProxyVersion, UpstreamOptions};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::body::RequestBody;
 use crate::deadline::Deadline;
+use crate::proxy_protocol::{self, Addresses};
+use crate::stream::MaybeTls;
 
-/// Idle connections kept per backend.
-pub(crate) const MAX_IDLE: usize = 64;
+/// Idle connections kept per backend: enough for the concurrency of a busy
+/// moment (an HTTP/2 client alone may have hundreds of requests in flight,
+/// each needing its own HTTP/1.1 connection), so that the next one does not
+/// open and close connections; those idle too long are reaped.
+pub(crate) const MAX_IDLE: usize = 1024;
 /// How often [`Upstream::reap`] runs; idle connections are aged in these
 /// ticks rather than timestamped, which saves two clock reads per request.
 pub(crate) const REAP_EVERY: Duration = Duration::from_secs(5);
@@ -42,7 +53,11 @@ pub(crate) const REAP_EVERY: Duration = Duration::from_secs(5);
 const IDLE_TICKS: u32 = 12;
 
 pub(crate) type Sender = SendRequest<RequestBody>;
-type Driver = Connection<TokioIo<TcpStream>, RequestBody>;
+type Driver = Connection<TokioIo<BackendStream>, RequestBody>;
+pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
+
+/// A connection to a backend, plain or TLS.
+pub(crate) type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// One HTTP/1.1 connection to a backend.
 pub(crate) struct Conn {
@@ -192,6 +207,13 @@ fn drive(driver: &mut Option<Box<Driver>>, closed: &mut bool, cx: &mut Context<'
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,
+    /// How the backend is reached (compared on reload to keep connections).
+    options: UpstreamOptions,
+    /// For `backend_tls`: the connector and the name verified.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// For `backend_protocol = "h2"`: the one multiplexed connection, driven
+    /// by a task of its own.
+    h2: Mutex<Option<H2Sender>>,
     idle: Mutex<Vec<Idle>>,
     /// Reaper ticks so far.
     tick: AtomicU32,
@@ -226,9 +248,21 @@ impl std::fmt::Display for ConnectError {
 }
 
 impl Upstream {
-    pub(crate) fn new(addr: SocketAddr) -> Upstream {
+    pub(crate) fn new(addr: SocketAddr, options: &UpstreamOptions) -> Upstream {
+        let tls = options.tls.as_ref().map(|tls| {
+            let name = match &tls.sni {
+                // Validation checked it is a DNS name.
+                Some(name) => ServerName::try_from(name.clone())
+                    .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into())),
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            (tls.config.clone(), name)
+        });
         Upstream {
             addr,
+            options: options.clone(),
+            tls,
+            h2: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             tick: AtomicU32::new(0),
             last_warning: AtomicU64::new(0),
@@ -288,10 +322,53 @@ impl Upstream {
         drop(stale);
     }
 
+    /// Whether connections made for `options` are the same as ours.
+    pub(crate) fn same_options(&self, options: &UpstreamOptions) -> bool {
+        let tls = |o: &UpstreamOptions| o.tls.as_ref().map(|t| (t.ca.clone(), t.sni.clone()));
+        tls(&self.options) == tls(options)
+            && self.options.send_proxy == options.send_proxy
+            && self.options.protocol == options.protocol
+    }
+
+    /// A new connection's stream: TCP, then the PROXY header for `client`
+    /// when the backend wants one, then TLS when it speaks it.
+    pub(crate) async fn open(
+        &self,
+        timeout: Duration,
+        client: Addresses,
+    ) -> Result<BackendStream, ConnectError> {
+        let mut stream = connect_tcp(self.addr, timeout).await?;
+        if let Some(version) = self.options.send_proxy {
+            let version = match version {
+                ProxyVersion::V1 => proxy_protocol::Version::V1,
+                ProxyVersion::V2 => proxy_protocol::Version::V2,
+            };
+            stream
+                .write_all(&proxy_protocol::encode(version, client))
+                .await
+                .map_err(ConnectError::Io)?;
+        }
+        let Some((config, name)) = &self.tls else {
+            return Ok(MaybeTls::Plain(stream));
+        };
+        let connector = TlsConnector::from(config.clone());
+        match tokio::time::timeout(timeout, connector.connect(name.clone(), stream)).await {
+            Err(_) => Err(ConnectError::Timeout(timeout)),
+            Ok(Err(e)) => Err(ConnectError::Io(io::Error::new(e.kind(), format!("TLS: {e}")))),
+            Ok(Ok(tls)) => Ok(MaybeTls::Tls(Box::new(tls))),
+        }
+    }
+
     /// A new HTTP/1.1 connection. `upgrade`: for a request that may switch
-    /// protocols, so driven by a task of its own and never pooled.
-    pub(crate) async fn connect(&self, timeout: Duration, upgrade: bool) -> Result<Conn, ConnectError> {
-        let stream = connect_tcp(self.addr, timeout).await?;
+    /// protocols, so driven by a task of its own and never pooled. `client`:
+    /// whom the PROXY header (if any) names.
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+        upgrade: bool,
+        client: Addresses,
+    ) -> Result<Conn, ConnectError> {
+        let stream = self.open(timeout, client).await?;
         let (sender, connection) = http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))
@@ -309,10 +386,41 @@ impl Upstream {
         Ok(Conn {
             sender,
             driver,
-            pooled: !upgrade,
+            // A connection that began with one client's PROXY header is that
+            // client's alone.
+            pooled: !upgrade && self.options.send_proxy.is_none(),
             closed: false,
             deadline: Deadline::new(tokio::time::Instant::now() + timeout),
         })
+    }
+
+    /// The backend's HTTP/2 connection, opened when there is none (or it
+    /// closed). Streams of every client share it, as HAProxy's and nginx's
+    /// h2 backends do.
+    pub(crate) async fn h2(&self, timeout: Duration, client: Addresses) -> Result<H2Sender, ConnectError> {
+        let current = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(mut sender) = current
+            && !sender.is_closed()
+            && sender.ready().await.is_ok()
+        {
+            return Ok(sender);
+        }
+        debug_assert!(self.options.protocol == BackendProtocol::H2);
+        let stream = self.open(timeout, client).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %addr, "h2 connection: {e}");
+            }
+        });
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok(sender)
     }
 
     /// Whether a failure may be logged now, and how many went unlogged

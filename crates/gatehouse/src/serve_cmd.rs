@@ -130,17 +130,23 @@ fn render_status(status: &Value) -> String {
                 "{name}: EVERY BACKEND IS DOWN; failing open (traffic goes to all of them)"
             ));
         }
+        // A service with routes has a pool per route ("sites/www.example.com"):
+        // each pool's first row names it.
+        let mut last_pool = None;
         for (i, backend) in service["backends"]
             .as_array()
             .unwrap_or(&empty)
             .iter()
             .enumerate()
         {
-            let (svc, lis) = if i == 0 {
-                (name.to_owned(), listen.clone())
+            let pool = backend["pool"].as_str().unwrap_or(name);
+            let svc = if last_pool != Some(pool) {
+                pool.to_owned()
             } else {
-                (String::new(), String::new())
+                String::new()
             };
+            last_pool = Some(pool);
+            let lis = if i == 0 { listen.clone() } else { String::new() };
             rows.push([
                 svc,
                 lis,

@@ -101,23 +101,43 @@ pub fn service_on(port: u16, mode: &str, backends: &[SocketAddr], extra: &str) -
     ))
 }
 
-/// A started proxy and its pool.
+/// A started proxy and its pools.
 pub struct Proxy {
     pub server: Option<Server>,
+    /// The first pool: the service's own backends (or its first route's).
     pub pool: Arc<Pool>,
+    /// Every pool, in `Service::targets` order.
+    pub pools: Vec<Arc<Pool>>,
+    pub metrics: Metrics,
     pub addr: SocketAddr,
 }
 
 impl Proxy {
     pub async fn start(service: &Service) -> Proxy {
-        let pool = Pool::new(service, &Metrics::new(), None);
-        let server = Server::start(service, pool.clone()).await.expect("proxy starts");
+        let metrics = Metrics::new();
+        let pools = Pool::for_service(service, &metrics, &[]);
+        let server = Server::start(service, pools.clone(), &metrics)
+            .await
+            .expect("proxy starts");
         let addr = server.local_addr();
         Proxy {
             server: Some(server),
-            pool,
+            pool: pools[0].clone(),
+            pools,
+            metrics,
             addr,
         }
+    }
+
+    /// Reload with `service` (same listen address); health carries over.
+    pub fn update(&self, service: &Service) {
+        let pools = Pool::for_service(service, &self.metrics, &self.pools);
+        let redirect = if self.server().needs_redirect(service) {
+            gatehouse_proxy::Redirect::bind(service).expect("redirect listener binds")
+        } else {
+            None
+        };
+        self.server().update(service, pools, &self.metrics, redirect);
     }
 
     pub fn server(&self) -> &Server {
@@ -245,4 +265,193 @@ pub async fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     started.elapsed()
+}
+
+// TLS, routes and PROXY headers: what tls.rs and routing.rs share.
+
+/// Where the tiny backends of tls.rs and routing.rs listen: not 127.0.0.1,
+/// whose ports free_port() hands to nginx a moment before nginx binds them
+/// (a backend bound to port 0 there could take such a port first, and nginx's
+/// readiness check would then see our backend).
+pub const TINY_BACKEND_IP: &str = "127.0.0.3";
+
+/// What curl did.
+#[derive(Debug)]
+pub struct CurlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// curl with these arguments (after `-sS --noproxy '*' --max-time 5`), on a
+/// blocking thread so that the proxy keeps running on the runtime.
+pub async fn curl(args: &[String]) -> CurlOutput {
+    let args = args.to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "5"])
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("curl thread")
+    .expect("curl runs");
+    CurlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Arguments that make curl reach NAME at 127.0.0.1:PORT, sending NAME as
+/// SNI and Host and verifying the certificate against NAME and our CA.
+pub fn https(name: &str, port: u16, path: &str, ca: &Path) -> Vec<String> {
+    vec![
+        "--resolve".into(),
+        format!("{name}:{port}:127.0.0.1"),
+        "--cacert".into(),
+        ca.display().to_string(),
+        format!("https://{name}:{port}{path}"),
+    ]
+}
+
+/// A rustls client trusting only `ca`, offering `alpn`.
+pub fn tls_client(ca: &Path, alpn: &[&[u8]]) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    gatehouse_tls::client_config(Some(ca), alpn).expect("a client config")
+}
+
+/// Connect to `addr` and shake hands with SNI `name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let stream = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_owned()).expect("a name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .expect("TLS handshake")
+}
+
+impl Client {
+    /// An HTTP/1.1 client on any stream, e.g. a TLS one.
+    pub async fn over<T>(io: T) -> Client
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        Client { sender }
+    }
+}
+
+/// An HTTP/2 client on any stream.
+pub async fn h2_client<T>(io: T) -> hyper::client::conn::http2::SendRequest<Full<Bytes>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// One request on an HTTP/2 connection: (status, body).
+pub async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    uri: &str,
+) -> (StatusCode, String) {
+    let request = Request::get(uri).body(Full::default()).unwrap();
+    let response = sender.send_request(request).await.expect("an h2 answer");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("an h2 body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A backend answering every request with "NAME VERSION" (e.g. "b HTTP/2.0")
+/// on plain HTTP/1.1, or with TLS from `leaf` (ALPN h2 and http/1.1, HTTP/2
+/// when negotiated), or cleartext HTTP/2 with prior knowledge when `h2c`.
+/// Counts the connections it accepted.
+pub async fn version_backend(
+    name: &'static str,
+    leaf: Option<&crate::certs::Leaf>,
+    h2c: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let acceptor = leaf.map(|leaf| {
+        let cert = gatehouse_tls::load(&leaf.cert, &leaf.key).expect("the backend's pair");
+        let config =
+            gatehouse_tls::server_config(&[Arc::new(cert)], &[b"h2", b"http/1.1"]).expect("server config");
+        tokio_rustls::TlsAcceptor::from(config)
+    });
+    let listener = TcpListener::bind((TINY_BACKEND_IP, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| async move {
+                        let body = format!("{name} {:?}\n", request.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                    });
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(tls);
+                        if h2 {
+                            let _ = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(io, service)
+                            .await;
+                        } else {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await;
+                        }
+                    }
+                    None if h2c => {
+                        let _ =
+                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                    }
+                    None => {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Read an HTTP/1.x response to its end (the request said `Connection:
+/// close`): (head, body).
+pub async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> (String, String) {
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) => (head.to_owned(), body.to_owned()),
+        None => (text, String::new()),
+    }
 }

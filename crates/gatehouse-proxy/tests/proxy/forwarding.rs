@@ -207,8 +207,7 @@ async fn update_moves_a_kept_alive_connection_to_the_new_backends() {
     assert_eq!(client.get("/").await.expect("answer").body, "old\n");
 
     let second = service_on(port, "http", &[new.addr()], "");
-    let pool = Pool::new(&second, &Metrics::new(), Some(&proxy.pool));
-    proxy.server().update(&second, pool);
+    proxy.update(&second);
 
     assert_eq!(client.get("/").await.expect("same connection").body, "new\n");
     assert!(!client.is_closed());
@@ -296,8 +295,9 @@ async fn a_taken_address_is_named_in_the_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let service = service_on(port, "http", &[SocketAddr::from(([127, 0, 0, 1], 1))], "");
-    let pool = Pool::new(&service, &Metrics::new(), None);
-    let error = gatehouse_proxy::Server::start(&service, pool)
+    let metrics = Metrics::new();
+    let pools = Pool::for_service(&service, &metrics, &[]);
+    let error = gatehouse_proxy::Server::start(&service, pools, &metrics)
         .await
         .expect_err("the port is taken");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);

@@ -63,7 +63,7 @@ async fn access_log_lines_go_to_a_file_in_combined_format() {
     let rotated = dir.path().join("sub/dir/access.log.1");
     std::fs::rename(&path, &rotated).unwrap();
     let service = http_service(&[web.addr()], &extra);
-    proxy.server().update(&service, proxy.pool.clone());
+    proxy.update(&service);
     assert_eq!(client.send(logged_request()).await.unwrap().status, 200);
     wait_for(Duration::from_secs(3), "a line in the new file", || {
         std::fs::read_to_string(&path).unwrap_or_default().lines().count() == 1

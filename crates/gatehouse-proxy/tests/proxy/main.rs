@@ -3,10 +3,13 @@
 //! One test binary, so the tests run in parallel.
 
 mod balancing;
+mod certs;
 mod common;
 mod failover;
 mod forwarding;
 mod limits;
 mod logging;
+mod routing;
 mod tcp;
+mod tls;
 mod websocket;

@@ -114,14 +114,15 @@ fn status_json(admin: &Admin) -> Value {
         .iter()
         .map(|s| {
             let backends: Vec<Value> = s
-                .pool
-                .backends()
+                .pools
                 .iter()
-                .map(|b| {
+                .flat_map(|pool| pool.backends().iter().map(move |b| (pool, b)))
+                .map(|(pool, b)| {
                     let snap = b.snapshot();
-                    let key = (s.service.name.value.clone(), snap.label.clone());
+                    let key = (pool.service.clone(), snap.label.clone());
                     json!({
                         "name": snap.label,
+                        "pool": pool.service,
                         "addr": snap.addr.to_string(),
                         "weight": snap.weight,
                         "state": snap.state.as_str(),
@@ -139,10 +140,16 @@ fn status_json(admin: &Admin) -> Value {
                 "mode": s.service.mode.as_str(),
                 "listen": s.service.listen.value.to_string(),
                 "balance": s.service.balance.as_str(),
-                "fail_open": s.pool.fail_open(),
+                "fail_open": s.pools.iter().any(|p| p.fail_open()),
+                "tls": s.service.tls.is_some(),
+                "routes": s.service.routes.iter().map(|r| json!({
+                    "pool": r.pool_name,
+                    "hosts": r.hosts.iter().map(|h| h.value.clone()).collect::<Vec<_>>(),
+                    "path": r.path.as_ref().map(|p| p.value.clone()),
+                })).collect::<Vec<_>>(),
                 "connections": s.server.as_ref().map(|server| server.upgrade().map_or(0, |s| s.connections())),
                 "map_generation": (s.service.mode == gatehouse_config::Mode::Nat)
-                    .then(|| s.pool.stats.map_generation.get()),
+                    .then(|| s.pools.first().map_or(0, |p| p.stats.map_generation.get())),
                 "backends": backends,
             })
         })
@@ -197,13 +204,11 @@ async fn sample(admin: Admin) {
             let view = admin.view.read().unwrap_or_else(|e| e.into_inner());
             view.services
                 .iter()
-                .flat_map(|s| {
-                    s.pool.backends().iter().map(|b| {
-                        (
-                            (s.service.name.value.clone(), b.label.clone()),
-                            b.stats.total_responses(),
-                        )
-                    })
+                .flat_map(|s| &s.pools)
+                .flat_map(|pool| {
+                    pool.backends()
+                        .iter()
+                        .map(|b| ((pool.service.clone(), b.label.clone()), b.stats.total_responses()))
                 })
                 .collect()
         };

@@ -25,7 +25,7 @@ use gatehouse_config::{Farm, LoadError, Mode, Service};
 use gatehouse_health::{Metrics, Pool};
 use gatehouse_netfilter::plan::InRotation;
 use gatehouse_netfilter::{Host, StateDir, apply};
-use gatehouse_proxy::Server;
+use gatehouse_proxy::{Redirect, Server};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -48,7 +48,8 @@ pub struct View {
 
 pub struct ServiceView {
     pub service: Service,
-    pub pool: Arc<Pool>,
+    /// One per group of backends: the service's own, then each route's.
+    pub pools: Vec<Arc<Pool>>,
     /// The proxy, for proxied services. Weak, so a removed server can be
     /// taken back for its shutdown while the view still lists it.
     pub server: Option<Weak<Server>>,
@@ -133,15 +134,18 @@ struct Kernel {
 /// One service as it runs.
 struct Running {
     service: Service,
-    pool: Arc<Pool>,
-    checks: JoinHandle<()>,
+    /// One per group of backends (`Service::targets`).
+    pools: Vec<Arc<Pool>>,
+    checks: Vec<JoinHandle<()>>,
     kernel: Option<JoinHandle<()>>,
     server: Option<Arc<Server>>,
 }
 
 impl Running {
     fn stop_tasks(&self) {
-        self.checks.abort();
+        for checks in &self.checks {
+            checks.abort();
+        }
         if let Some(k) = &self.kernel {
             k.abort();
         }
@@ -283,28 +287,47 @@ impl Supervisor {
             .map(|r| (r.service.name.value.as_str(), r))
             .collect();
 
-        // 1. Listeners: services whose listen address is new get a new server.
-        let mut fresh: HashMap<String, (Arc<Server>, Arc<Pool>)> = HashMap::new();
+        // 1. Listeners: services whose listen address is new get a new server;
+        //    kept servers whose redirect_http moves get its new listener.
+        let mut fresh: HashMap<String, (Arc<Server>, Vec<Arc<Pool>>)> = HashMap::new();
+        let mut redirects: HashMap<String, Redirect> = HashMap::new();
         for service in farm.proxy_services() {
-            let reused = self
+            let kept = self
                 .services
                 .iter()
-                .any(|r| r.server.is_some() && r.service.bind_addr() == service.bind_addr());
-            if reused {
-                continue;
-            }
-            let old_pool = previous.get(service.name.value.as_str()).map(|r| r.pool.clone());
-            let pool = Pool::new(service, &self.metrics, old_pool.as_deref());
-            match Server::start(service, pool.clone()).await {
-                Ok(server) => {
-                    fresh.insert(service.name.value.clone(), (Arc::new(server), pool));
+                .filter_map(|r| {
+                    r.server
+                        .as_ref()
+                        .filter(|_| r.service.bind_addr() == service.bind_addr())
+                })
+                .next();
+            let started = match kept {
+                Some(server) if server.needs_redirect(service) => match Redirect::bind(service) {
+                    Ok(Some(bound)) => {
+                        redirects.insert(service.name.value.clone(), bound);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Some(_) => Ok(()),
+                None => {
+                    let old_pools = previous
+                        .get(service.name.value.as_str())
+                        .map_or(&[][..], |r| &r.pools[..]);
+                    let pools = Pool::for_service(service, &self.metrics, old_pools);
+                    Server::start(service, pools.clone(), &self.metrics)
+                        .await
+                        .map(|server| {
+                            fresh.insert(service.name.value.clone(), (Arc::new(server), pools));
+                        })
                 }
-                Err(e) => {
-                    stop_all(&mut fresh).await;
-                    return Err(InstallError::Failed(
-                        anyhow::Error::new(e).context(format!("service {}", service.name.value)),
-                    ));
-                }
+            };
+            if let Err(e) = started {
+                stop_all(&mut fresh).await;
+                return Err(InstallError::Failed(
+                    anyhow::Error::new(e).context(format!("service {}", service.name.value)),
+                ));
             }
         }
         // 2. Admin listener, when it moves.
@@ -334,7 +357,7 @@ impl Supervisor {
             let rotation: InRotation = farm
                 .nat_services()
                 .map(|s| {
-                    let old = previous.get(s.name.value.as_str()).map(|r| &r.pool);
+                    let old = previous.get(s.name.value.as_str()).and_then(|r| r.pools.first());
                     let up = s
                         .backends
                         .iter()
@@ -393,10 +416,11 @@ impl Supervisor {
             if let Some(p) = &previous {
                 p.stop_tasks();
             }
-            let (server, pool) = if let Some((server, pool)) = fresh.remove(&service.name.value) {
-                (Some(server), pool)
+            let (server, pools) = if let Some((server, pools)) = fresh.remove(&service.name.value) {
+                (Some(server), pools)
             } else {
-                let pool = Pool::new(service, &self.metrics, previous.as_ref().map(|p| &*p.pool));
+                let old_pools = previous.as_ref().map_or(&[][..], |p| &p.pools[..]);
+                let pools = Pool::for_service(service, &self.metrics, old_pools);
                 // A proxy whose listen address is already served (perhaps
                 // under another name): that server takes the new settings,
                 // and its connections stay open.
@@ -417,26 +441,31 @@ impl Supervisor {
                     holder
                 };
                 if let Some(server) = &holder {
-                    server.update(service, pool.clone());
+                    let redirect = redirects.remove(&service.name.value);
+                    server.update(service, pools.clone(), &self.metrics, redirect);
                 }
-                (holder, pool)
+                (holder, pools)
             };
             // The service moved to another address: its old listener drains.
             if let Some(moved) = previous.and_then(|p| p.server) {
                 self.draining
                     .push(tokio::spawn(shut_down(moved, self.farm.drain)));
             }
-            let checks = tokio::spawn(pool.clone().run_checks());
-            let kernel = (service.mode == Mode::Nat).then(|| {
-                tokio::spawn(kernel::follow(
+            let checks = pools
+                .iter()
+                .map(|p| tokio::spawn(p.clone().run_checks()))
+                .collect();
+            let kernel = match (service.mode, pools.first()) {
+                (Mode::Nat, Some(pool)) => Some(tokio::spawn(kernel::follow(
                     self.kernel.host.clone(),
                     service.clone(),
                     pool.clone(),
-                ))
-            });
+                ))),
+                _ => None,
+            };
             running.push(Running {
                 service: service.clone(),
-                pool,
+                pools,
                 checks,
                 kernel,
                 server,
@@ -463,7 +492,7 @@ impl Supervisor {
             .iter()
             .map(|r| ServiceView {
                 service: r.service.clone(),
-                pool: r.pool.clone(),
+                pools: r.pools.clone(),
                 server: r.server.as_ref().map(Arc::downgrade),
             })
             .collect();
@@ -497,7 +526,7 @@ impl Supervisor {
     }
 }
 
-async fn stop_all(fresh: &mut HashMap<String, (Arc<Server>, Arc<Pool>)>) {
+async fn stop_all(fresh: &mut HashMap<String, (Arc<Server>, Vec<Arc<Pool>>)>) {
     for (_, (server, _)) in fresh.drain() {
         shut_down(server, Duration::ZERO).await;
     }
