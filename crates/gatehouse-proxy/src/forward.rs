@@ -147,7 +147,12 @@ fn pick_target(
     client: &Client,
     request: &Request<Incoming>,
 ) -> Result<usize, StatusCode> {
-    let session = client.tls.as_ref().filter(|s| s.sni.is_some());
+    // 421 is possible only where another certificate or a route could
+    // claim the name; a lone certificate without routes covers what it covers.
+    let session = client.tls.as_ref().filter(|s| {
+        s.sni.is_some()
+            && (settings.router.has_routes() || settings.tls.as_ref().is_some_and(|t| t.certs.len() > 1))
+    });
     if !settings.router.has_routes() && session.is_none() {
         return settings.router.pick(None, "/").ok_or(StatusCode::NOT_FOUND);
     }

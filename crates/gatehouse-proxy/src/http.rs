@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, Stream};
 use gatehouse_config::Timeouts;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::body::Finish;
 use crate::client_io::ClientIo;
@@ -159,15 +160,20 @@ pub(crate) async fn serve(
 
     let mut io = ClientIo::new(stream, client.clone(), h2);
     if h2 {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let streams = Streams::default();
+        let mut builder = http2::Builder::new(streams.clone());
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(shared.settings().max_header).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
-        let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+        let mut connection = H2Connection {
+            connection: Box::pin(builder.serve_connection(TokioIo::new(io), service)),
+            running: FuturesUnordered::new(),
+            streams,
+        };
         let served = shared
             .tracker
-            .run(&mut connection, |c| c.as_mut().graceful_shutdown())
+            .run(&mut connection, |c| c.connection.as_mut().graceful_shutdown())
             .await;
         if let Some(Err(e)) = served {
             tracing::debug!(client = %client.ip, "client h2 connection: {e}");
@@ -215,6 +221,68 @@ pub(crate) async fn serve(
         });
         if !matches!(tracker.run(&mut next, |_| {}).await, Some(Ok(()))) {
             return;
+        }
+    }
+}
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// hyper runs each HTTP/2 stream (a request and its response) as a future
+/// handed to an executor. This one keeps them in the connection's own task,
+/// polled beside the connection ([`H2Connection`]), instead of a task per
+/// request: no task to allocate and schedule, and a backend's answer wakes
+/// the task that writes it to the client. (Requests of one client
+/// connection then share one core, as they share one socket anyway.)
+#[derive(Clone, Default)]
+struct Streams {
+    new: Arc<Mutex<Vec<StreamFuture>>>,
+}
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        self.new
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::pin(stream));
+    }
+}
+
+/// A client's HTTP/2 connection and its streams in flight.
+struct H2Connection<C> {
+    connection: Pin<Box<C>>,
+    running: FuturesUnordered<StreamFuture>,
+    streams: Streams,
+}
+
+impl<C: Future> Future for H2Connection<C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<C::Output> {
+        let this = &mut *self;
+        let ended = this.connection.as_mut().poll(cx);
+        if let Poll::Ready(output) = ended {
+            // Streams end with their connection.
+            return Poll::Ready(output);
+        }
+        // Streams the connection started, then every stream that was woken
+        // (FuturesUnordered polls only those); a stream that answers wakes
+        // the connection through its own waker, which is this task's.
+        loop {
+            let new = std::mem::take(&mut *this.streams.new.lock().unwrap_or_else(|e| e.into_inner()));
+            this.running.extend(new);
+            while let Poll::Ready(Some(())) = Pin::new(&mut this.running).poll_next(cx) {}
+            if this
+                .streams
+                .new
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                return Poll::Pending;
+            }
         }
     }
 }

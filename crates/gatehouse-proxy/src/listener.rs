@@ -20,7 +20,7 @@ use crate::access_log::LogSink;
 use crate::http::TlsSession;
 use crate::proxy_protocol::{self, Addresses};
 use crate::settings::Settings;
-use crate::stream::ClientStream;
+use crate::stream::{ClientStream, SendOnly};
 
 /// What the server's handle, its accept loop and its connections share.
 #[derive(Debug)]
@@ -133,25 +133,39 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let guard = shared.opened(settings.stats.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut connection = Box::pin(serve_connection(shared.clone(), settings, stream, peer));
-            shared.tracker.run(&mut connection, |_| {}).await;
-            // What the connection holds (requests in flight and their
-            // backend gauges) goes before it stops counting as open: a
+            serve_connection(shared, settings, stream, peer).await;
+            // Everything the connection held (requests in flight and their
+            // backend gauges) is gone before it stops counting as open: a
             // shutdown that waits for the count then finds everything closed.
-            drop(connection);
             drop(guard);
         });
     }
 }
 
-/// One accepted connection: the PROXY header from a trusted upstream, the
-/// TLS handshake (both within the header timeout), then HTTP or TCP.
-async fn serve_connection(
-    shared: Arc<Shared>,
-    settings: Arc<Settings>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-) {
+/// One accepted connection: the PROXY header from a trusted upstream and the
+/// TLS handshake (both within the header timeout), then HTTP or TCP. Each
+/// phase runs under the tracker, so a shutdown cuts it wherever it is.
+async fn serve_connection(shared: Arc<Shared>, settings: Arc<Settings>, stream: TcpStream, peer: SocketAddr) {
+    let mut setup = Box::pin(set_up(&settings, stream, peer));
+    let Some(Some((stream, addresses, session, h2))) = shared.tracker.run(&mut setup, |_| {}).await else {
+        return;
+    };
+    drop(setup);
+    match settings.mode {
+        Mode::Tcp => {
+            let mut relay = Box::pin(crate::tcp::serve(settings, stream, addresses));
+            shared.tracker.run(&mut relay, |_| {}).await;
+        }
+        // Runs its connection under the tracker itself (to drain gracefully).
+        _ => crate::http::serve(shared, settings, stream, addresses, session, h2).await,
+    }
+}
+
+/// What a connection is once set up: the stream, who the client is, the
+/// TLS session and whether ALPN chose HTTP/2.
+type SetUp = (ClientStream, Addresses, Option<TlsSession>, bool);
+
+async fn set_up(settings: &Settings, mut stream: TcpStream, peer: SocketAddr) -> Option<SetUp> {
     let local = stream.local_addr().unwrap_or(peer);
     let mut addresses = Addresses {
         source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
@@ -173,7 +187,7 @@ async fn serve_connection(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(service = %settings.service, "{e}");
-                return;
+                return None;
             }
         }
     }
@@ -182,18 +196,18 @@ async fn serve_connection(
         Some(tls) => {
             let handshake = tokio::time::timeout_at(
                 deadline,
-                tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream),
+                tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(SendOnly(stream)),
             )
             .await;
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(service = %settings.service, client = %addresses.source, "TLS handshake: {e}");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(service = %settings.service, client = %addresses.source, "TLS handshake: no handshake within the header timeout");
-                    return;
+                    return None;
                 }
             };
             let connection = stream.get_ref().1;
@@ -207,10 +221,7 @@ async fn serve_connection(
             )
         }
     };
-    match settings.mode {
-        Mode::Tcp => crate::tcp::serve(settings, stream, addresses).await,
-        _ => crate::http::serve(shared, settings, stream, addresses, session, h2).await,
-    }
+    Some((stream, addresses, session, h2))
 }
 
 fn is_connection_error(e: &io::Error) -> bool {

@@ -39,7 +39,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use crate::body::RequestBody;
 use crate::deadline::Deadline;
 use crate::proxy_protocol::{self, Addresses};
-use crate::stream::MaybeTls;
+use crate::stream::{MaybeTls, SendOnly};
 
 /// Idle connections kept per backend: enough for the concurrency of a busy
 /// moment (an HTTP/2 client alone may have hundreds of requests in flight,
@@ -57,7 +57,7 @@ type Driver = Connection<TokioIo<BackendStream>, RequestBody>;
 pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
 
 /// A connection to a backend, plain or TLS.
-pub(crate) type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<SendOnly>>;
 
 /// One HTTP/1.1 connection to a backend.
 pub(crate) struct Conn {
@@ -352,7 +352,7 @@ impl Upstream {
             return Ok(MaybeTls::Plain(stream));
         };
         let connector = TlsConnector::from(config.clone());
-        match tokio::time::timeout(timeout, connector.connect(name.clone(), stream)).await {
+        match tokio::time::timeout(timeout, connector.connect(name.clone(), SendOnly(stream))).await {
             Err(_) => Err(ConnectError::Timeout(timeout)),
             Ok(Err(e)) => Err(ConnectError::Io(io::Error::new(e.kind(), format!("TLS: {e}")))),
             Ok(Ok(tls)) => Ok(MaybeTls::Tls(Box::new(tls))),
