@@ -260,7 +260,11 @@ impl Drop for ResponseBody {
         if let Some((upstream, conn)) = self.reuse.take()
             && self.is_end_stream()
         {
-            upstream.checkin(conn);
+            if conn.private {
+                self.finish.client.keep_private(upstream, conn);
+            } else {
+                upstream.checkin(conn);
+            }
         }
     }
 }

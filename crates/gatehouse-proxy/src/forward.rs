@@ -263,10 +263,15 @@ async fn exchange(
     let upstream = &target.upstreams[i];
     let in_flight = InFlight::new(backend.clone());
     loop {
-        let pooled = if upgrade || !target.shares_connections() {
+        let pooled = if upgrade {
             None
-        } else {
+        } else if target.shares_connections() {
             upstream.checkout().await
+        } else {
+            match client.take_private(upstream) {
+                Some(mut conn) => conn.ready().await.then_some(conn),
+                None => None,
+            }
         };
         let (mut conn, reused) = match pooled {
             Some(conn) => (conn, true),

@@ -25,6 +25,7 @@ use crate::listener::Shared;
 use crate::proxy_protocol::Addresses;
 use crate::settings::Settings;
 use crate::stream::ClientStream;
+use crate::upstream::{Conn, Upstream};
 
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -45,6 +46,10 @@ pub(crate) struct Client {
     /// Set by a request answered with 101: run after hyper lets go of the
     /// connection.
     tunnel: Mutex<Option<Tunnel>>,
+    /// A backend connection that began with this client's PROXY header
+    /// (`send_proxy`): kept for the client's next request to that backend, as
+    /// HAProxy keeps such connections private to their client.
+    private: Mutex<Option<(Arc<Upstream>, Conn)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -76,6 +81,7 @@ impl Client {
             header_ms: AtomicU64::new(0),
             idle_ms: AtomicU64::new(0),
             tunnel: Mutex::new(None),
+            private: Mutex::new(None),
         };
         client.set_timeouts(timeouts);
         client
@@ -96,6 +102,26 @@ impl Client {
 
     pub(crate) fn set_tunnel(&self, tunnel: Tunnel) {
         *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    /// Keep a private backend connection whose response was read to the end
+    /// (one: the most recent; an older one closes).
+    pub(crate) fn keep_private(&self, upstream: Arc<Upstream>, conn: Conn) {
+        if conn.is_open() {
+            *self.private.lock().unwrap_or_else(|e| e.into_inner()) = Some((upstream, conn));
+        }
+    }
+
+    /// The kept private connection, if it is to `upstream`.
+    pub(crate) fn take_private(&self, upstream: &Arc<Upstream>) -> Option<Conn> {
+        let mut private = self.private.lock().unwrap_or_else(|e| e.into_inner());
+        match private.take() {
+            Some((kept, conn)) if Arc::ptr_eq(&kept, upstream) => Some(conn),
+            other => {
+                *private = other;
+                None
+            }
+        }
     }
 
     fn take_tunnel(&self) -> Option<Tunnel> {

@@ -68,6 +68,9 @@ pub(crate) struct Conn {
     driver: Option<Box<Driver>>,
     /// Whether it may go back to the pool.
     pooled: bool,
+    /// It began with one client's PROXY header: it may serve only that
+    /// client's later requests (kept by the client, not the pool).
+    pub(crate) private: bool,
     closed: bool,
     /// The response-head deadline, kept with the connection so that it is
     /// not a new timer per request.
@@ -93,7 +96,7 @@ impl Conn {
     }
 
     /// Wait until the connection takes a request; false when it has closed.
-    async fn ready(&mut self) -> bool {
+    pub(crate) async fn ready(&mut self) -> bool {
         if self.sender.is_ready() {
             // Closed meanwhile? Then hyper hands the request back unwritten.
             return true;
@@ -148,7 +151,7 @@ impl Conn {
         self.driver.is_some()
     }
 
-    fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         !self.closed && !self.sender.is_closed()
     }
 
@@ -296,7 +299,7 @@ impl Upstream {
 
     /// Keep a connection whose response was read to the end.
     pub(crate) fn checkin(&self, conn: Conn) {
-        if !conn.pooled || !conn.is_open() {
+        if !conn.pooled || conn.private || !conn.is_open() {
             return;
         }
         let since = self.tick.load(Ordering::Relaxed);
@@ -386,9 +389,10 @@ impl Upstream {
         Ok(Conn {
             sender,
             driver,
+            pooled: !upgrade,
             // A connection that began with one client's PROXY header is that
             // client's alone.
-            pooled: !upgrade && self.options.send_proxy.is_none(),
+            private: self.options.send_proxy.is_some(),
             closed: false,
             deadline: Deadline::new(tokio::time::Instant::now() + timeout),
         })

@@ -125,6 +125,16 @@ fn render_status(status: &Value) -> String {
             service["mode"].as_str().unwrap_or("?"),
             service["listen"].as_str().unwrap_or("?")
         );
+        for cert in service["certificates"].as_array().unwrap_or(&empty) {
+            let left = cert["expires_in_seconds"].as_u64().unwrap_or(0);
+            if left < 14 * 86_400 {
+                notes.push(format!(
+                    "{name}: certificate {} expires in {} (renew it and reload)",
+                    cert["cert"].as_str().unwrap_or("?"),
+                    ago(left)
+                ));
+            }
+        }
         if service["fail_open"].as_bool() == Some(true) {
             notes.push(format!(
                 "{name}: EVERY BACKEND IS DOWN; failing open (traffic goes to all of them)"
@@ -288,5 +298,47 @@ mod tests {
             "                    10.0.0.12:80  10.0.0.12:80  down   2h     3      12.2"
         );
         assert!(lines[4].contains("EVERY BACKEND IS DOWN"));
+    }
+
+    #[test]
+    fn routes_name_their_pools_and_expiring_certificates_are_told() {
+        let status = serde_json::json!({
+            "version": "0.1.0", "uptime_seconds": 60, "reloads": 0, "config": "g.toml",
+            "services": [{
+                "name": "sites", "mode": "http", "listen": "443", "fail_open": false,
+                "certificates": [
+                    {"names": ["www.example.com"], "cert": "/etc/gatehouse/www.pem", "expires_in_seconds": 5 * 86400},
+                    {"names": ["app.example.com"], "cert": "/etc/gatehouse/app.pem", "expires_in_seconds": 60 * 86400}
+                ],
+                "backends": [
+                    {"name": "web1", "pool": "sites/www.example.com", "addr": "10.0.0.21:80", "state": "up", "for_seconds": 5, "connections": 0, "rate": 1.0},
+                    {"name": "web2", "pool": "sites/www.example.com", "addr": "10.0.0.22:80", "state": "up", "for_seconds": 5, "connections": 0, "rate": 1.0},
+                    {"name": "app1", "pool": "sites/app.example.com/shop", "addr": "10.0.0.31:8080", "state": "up", "for_seconds": 5, "connections": 0, "rate": 1.0}
+                ]
+            }]
+        });
+        let table = render_status(&status);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[2].starts_with("sites/www.example.com       http 443  web1"),
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("                                      web2"),
+            "{table}"
+        );
+        assert!(
+            lines[4].starts_with("sites/app.example.com/shop            app1"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[5],
+            "sites: certificate /etc/gatehouse/www.pem expires in 5d (renew it and reload)"
+        );
+        assert_eq!(
+            lines.len(),
+            6,
+            "the certificate good for 60 days is not mentioned: {table}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use http_body_util::Full;
 use hyper::Request;
 use hyper::body::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::certs::Ca;
@@ -481,4 +481,77 @@ async fn backend_protocol_h2_speaks_http2_to_the_backends() {
         1,
         "one multiplexed connection to the h2 backend"
     );
+}
+
+/// A keep-alive backend that wants a PROXY v1 line first on each connection:
+/// it records, per connection, the line and how many requests came on it.
+async fn keepalive_proxy_backend() -> (SocketAddr, Arc<Mutex<Vec<(String, usize)>>>) {
+    let listener = TcpListener::bind((TINY_BACKEND_IP, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let slot = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push((line.trim_end().to_owned(), 0));
+                    seen.len() - 1
+                };
+                loop {
+                    // One request head (no bodies here), then the answer.
+                    let mut head_line = String::new();
+                    loop {
+                        head_line.clear();
+                        match reader.read_line(&mut head_line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if head_line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    record.lock().unwrap()[slot].1 += 1;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if reader.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// With send_proxy, a backend connection names one client, so it is never
+/// shared with another client; but it is kept for that client's next
+/// requests, as HAProxy does, rather than reopened for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_proxy_connections_are_kept_for_their_own_client() {
+    let (backend, seen) = keepalive_proxy_backend().await;
+    let proxy = Proxy::start(&http_service(&[backend], "send_proxy = \"v1\"")).await;
+
+    let mut first = Client::handshake(connect_from("127.0.0.2", proxy.addr).await).await;
+    let mut second = Client::handshake(connect_from("127.0.0.4", proxy.addr).await).await;
+    for _ in 0..3 {
+        assert_eq!(first.get("/").await.expect("first client").body, "ok\n");
+    }
+    for _ in 0..2 {
+        assert_eq!(second.get("/").await.expect("second client").body, "ok\n");
+    }
+    assert_eq!(first.get("/").await.expect("first client again").body, "ok\n");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one backend connection per client: {seen:?}");
+    assert!(seen[0].0.starts_with("PROXY TCP4 127.0.0.2 "), "{seen:?}");
+    assert_eq!(
+        seen[0].1, 4,
+        "the first client's four requests on its connection: {seen:?}"
+    );
+    assert!(seen[1].0.starts_with("PROXY TCP4 127.0.0.4 "), "{seen:?}");
+    assert_eq!(seen[1].1, 2, "{seen:?}");
 }

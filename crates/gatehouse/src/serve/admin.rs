@@ -142,6 +142,12 @@ fn status_json(admin: &Admin) -> Value {
                 "balance": s.service.balance.as_str(),
                 "fail_open": s.pools.iter().any(|p| p.fail_open()),
                 "tls": s.service.tls.is_some(),
+                "certificates": s.service.tls.iter().flat_map(|t| &t.certs).map(|c| json!({
+                    "names": c.names,
+                    "cert": c.cert_path.display().to_string(),
+                    "not_after": unix(c.not_after),
+                    "expires_in_seconds": c.not_after.duration_since(now).map_or(0, |d| d.as_secs()),
+                })).collect::<Vec<_>>(),
                 "routes": s.service.routes.iter().map(|r| json!({
                     "pool": r.pool_name,
                     "hosts": r.hosts.iter().map(|h| h.value.clone()).collect::<Vec<_>>(),
