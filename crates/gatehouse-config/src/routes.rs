@@ -187,7 +187,20 @@ impl Validator {
                 }
             }
         }
-        (!certs.is_empty()).then_some(ListenerTls { certs })
+        if certs.is_empty() {
+            return None;
+        }
+        // What the proxy builds from them at start and at every reload: a
+        // refusal is the file's error here, never the running proxy's.
+        if let Err(e) = gatehouse_tls::server_config(&certs, &[]) {
+            self.error(
+                Diagnostic::new(format!("these certificates cannot serve TLS: {e}"))
+                    .at(span)
+                    .help("check the certificates and keys listed here"),
+            );
+            return None;
+        }
+        Some(ListenerTls { certs })
     }
 
     pub(crate) fn redirect_http(

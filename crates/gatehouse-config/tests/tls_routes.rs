@@ -316,3 +316,20 @@ fn a_redirect_port_is_a_port_like_any_other() {
     assert_eq!(message, "port 80 is already used by service \"web\"");
     assert_eq!(location, at_value(&text, "redirect_http = \"80\""));
 }
+
+/// README's tour step 8 runs examples/https.toml with certificates made in
+/// /tmp/gh-tls: with certificates there, it is a valid farm of two routes.
+#[test]
+fn the_https_example_is_valid() {
+    let certs = Certs::new("example");
+    certs.pair("www", &["www.example.test"], false);
+    certs.pair("app", &["app.example.test"], false);
+    let text = include_str!("../../../examples/https.toml")
+        .replace("/tmp/gh-tls/", &format!("{}/", certs.dir.display()));
+    let farm = farm(&text);
+    let s = &farm.services[0];
+    assert_eq!(s.tls.as_ref().map(|t| t.certs.len()), Some(2));
+    assert!(s.redirect_http.is_some());
+    let pools: Vec<&str> = s.routes.iter().map(|r| r.pool_name.as_str()).collect();
+    assert_eq!(pools, ["sites/www.example.test", "sites/app.example.test"]);
+}

@@ -135,8 +135,8 @@ impl Settings {
                 Mode::Http => &[b"h2", b"http/1.1"],
                 _ => &[],
             };
-            // Validation loaded every certificate; rustls refuses only an
-            // empty list, which validation refuses first.
+            // Validation built this same config from these certificates, so
+            // it cannot be refused here (ALPN is not something rustls checks).
             let config = gatehouse_tls::server_config(&tls.certs, alpn)
                 .unwrap_or_else(|e| panic!("TLS config of a validated service: {e}"));
             Tls {
