@@ -5,15 +5,24 @@
 //! bottom:
 //!
 //! ```text
-//! listener   bind, accept (max_connections), register for drain/cut
-//!  ├─ http     hyper HTTP/1.1 server on the client socket (client_io: header/idle deadlines)
-//!  │   └─ forward   per request: headers, balance, upstream (pooled backend connections), retries, errors
+//! listener   bind, accept (max_connections), register for drain/cut;
+//!            proxy_protocol from trusted upstreams, then the TLS handshake (settings: certificates by SNI)
+//!  ├─ http     hyper HTTP/1.1, or HTTP/2 by ALPN, on the client stream (stream: plain or TLS;
+//!  │           client_io: header/idle deadlines)
+//!  │   └─ forward   per request: router (Host, path: which target), headers, balance,
+//!  │        │       upstream (pooled HTTP/1.1 or shared HTTP/2 backend connections, TLS, PROXY out),
+//!  │        │       retries, errors (404, 421, 502, 503, 504)
 //!  │        └─ body      streaming both ways; on the end: reuse, gauges, access_log
 //!  │        └─ tunnel    after a 101 (WebSocket)
 //!  └─ tcp      balance, connect with retries, tunnel
+//! redirect   the plain listener of redirect_http: 308 to https
 //! ```
 //!
-//! Health is not ours: the caller runs the pool's active checks; we read
+//! A service has one target (backends with a [`Pool`] each) of its own and
+//! one per route; `Server::start` takes their pools in `Service::targets`
+//! order (`Pool::for_service`).
+//!
+//! Health is not ours: the caller runs the pools' active checks; we read
 //! `Backend::is_up` when balancing and report what traffic shows (connect
 //! failures, timeouts, 5xx) back to the [`Pool`].
 
