@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
 use crate::certs::{Ca, Leaf, Site};
@@ -693,4 +693,47 @@ async fn a_new_certificate_serves_new_connections_and_spares_a_running_download(
         "the download was cut: {}",
         out.stderr
     );
+}
+
+/// The client deadlines hold over TLS too: a client that connects and never
+/// shakes hands is cut after the header timeout (a TLS slowloris), and an
+/// HTTP/2 connection with nothing in flight is closed after the idle
+/// timeout, while one waiting for an answer is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_clients_and_idle_h2_connections_are_closed() {
+    let sites = Sites::start(true, "timeouts = { header = \"300ms\", idle = \"600ms\" }").await;
+
+    // No ClientHello at all.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(sites.proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed, not left open: {read:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        "cut after the header timeout, not before: {waited:?}"
+    );
+
+    // An HTTP/2 connection: one answer, then nothing; it closes on its own.
+    let config = tls_client(&sites.site.ca.ca, &[b"h2"]);
+    let stream = tls_connect(sites.proxy.addr, "www.example.test", config).await;
+    let mut sender = h2_client(stream).await;
+    let port = sites.port;
+    let (status, body) = h2_get(&mut sender, &format!("https://www.example.test:{port}/")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "www\n"));
+    let idle_from = Instant::now();
+    wait_for(Duration::from_secs(3), "the idle h2 connection to close", || {
+        sender.is_closed()
+    })
+    .await;
+    let idled = idle_from.elapsed();
+    assert!(
+        idled >= Duration::from_millis(500),
+        "not before the idle timeout: {idled:?}"
+    );
+    assert_eq!(sites.proxy.server().connections(), 0);
 }
