@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::diagnostic::Diagnostic;
 use crate::model::{
-    BackendProtocol, BackendTls, Gateway, Health, Listen, ListenerTls, Located, Mode, ProxyVersion, Route,
+    BackendProtocol, BackendTls, Gateway, Listen, ListenerTls, Located, Mode, ProxyVersion, Route,
     UpstreamOptions,
 };
 use crate::raw;
@@ -344,10 +344,7 @@ impl Validator {
                     .help("list the servers for this route, e.g. backends = [\"10.0.0.21:80\"]"),
             );
         }
-        let health = match raw.health {
-            Some(raw) => self.health(raw).unwrap_or_default(),
-            None => Health::default(),
-        };
+        let health = self.health_or_default(raw.health);
         let upstream = self.upstream_options(
             UpstreamKeys {
                 backend_tls: raw.backend_tls,

@@ -248,10 +248,7 @@ impl Validator {
                     .help("give one of the gateway's IPv4 WAN addresses, or only the port"),
             );
         }
-        let health = match raw.health {
-            Some(raw) => self.health(raw).unwrap_or_default(),
-            None => Health::default(),
-        };
+        let health = self.health_or_default(raw.health);
         let proxy = self.proxy_options(
             ProxyKeys {
                 access_log: raw.access_log,
@@ -361,7 +358,13 @@ impl Validator {
         backends
     }
 
-    pub(crate) fn health(&mut self, raw: Spanned<raw::Health>) -> Option<Health> {
+    /// A `health` table, or the defaults when there is none (or it is
+    /// wrong: its errors are reported and validation fails anyway).
+    pub(crate) fn health_or_default(&mut self, raw: Option<Spanned<raw::Health>>) -> Health {
+        raw.and_then(|raw| self.health(raw)).unwrap_or_default()
+    }
+
+    fn health(&mut self, raw: Spanned<raw::Health>) -> Option<Health> {
         let table_span = raw.span();
         let raw = raw.into_inner();
         let defaults = Health::default();

@@ -170,20 +170,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The pool for a service. Backends that were in `previous` (same address)
-    /// keep their state and since-when, so a reload does not reset health.
-    pub fn new(service: &Service, metrics: &Metrics, previous: Option<&Pool>) -> Arc<Pool> {
-        let target = Target {
-            name: &service.name.value,
-            backends: &service.backends,
-            balance: service.balance,
-            health: &service.health,
-            upstream: &service.upstream,
-            route: None,
-        };
-        Pool::for_target(&target, metrics, previous)
-    }
-
     /// One pool per group of backends of the service (`Service::targets`, in
     /// that order); each carries health over from the previous pool of the
     /// same name.
@@ -199,6 +185,8 @@ impl Pool {
     }
 
     /// The pool of one group of backends (a service's own, or a route's).
+    /// Backends that were in `previous` (same address) keep their state and
+    /// since-when, so a reload does not reset health.
     pub fn for_target(target: &Target, metrics: &Metrics, previous: Option<&Pool>) -> Arc<Pool> {
         let name = target.name;
         let backends = target
@@ -369,7 +357,7 @@ mod tests {
              backends = [\"127.0.0.1:1\", {{ addr = \"127.0.0.1:2\", name = \"web2\" }}]\nhealth = {health}\n"
         );
         let farm = Farm::parse("test.toml", &text).expect("valid config");
-        Pool::new(&farm.services[0], &Metrics::new(), None)
+        Pool::for_target(&farm.services[0].targets()[0], &Metrics::new(), None)
     }
 
     fn fail(pool: &Pool, i: usize, active: bool) {
@@ -464,7 +452,7 @@ mod tests {
         let text = "[[service]]\nname = \"app\"\nlisten = \"8080\"\nmode = \"http\"\n\
                     backends = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\n";
         let farm = Farm::parse("test.toml", text).expect("valid config");
-        let second = Pool::new(&farm.services[0], &Metrics::new(), Some(&first));
+        let second = Pool::for_target(&farm.services[0].targets()[0], &Metrics::new(), Some(&first));
         assert_eq!(second.up(), [false, true]);
         assert_eq!(second.backends[0].snapshot().state, State::Down);
         assert_eq!(second.backends[1].snapshot().state, State::Unknown);

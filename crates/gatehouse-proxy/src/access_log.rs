@@ -201,26 +201,24 @@ const MONTHS: [&str; 12] = [
 ];
 
 /// UTC calendar fields of a time: (year, month 1-12, day, hour, minute, second).
+/// humantime renders "YYYY-MM-DDTHH:MM:SSZ" into a stack buffer (no
+/// allocation on this per-request path); the fields are read back from it.
 fn civil(time: SystemTime) -> (i64, usize, u32, u32, u32, u32) {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut buf = [0u8; 20];
+    let rfc3339 = humantime::format_rfc3339_seconds(time.max(UNIX_EPOCH));
+    let _ = std::io::Write::write_fmt(&mut &mut buf[..], format_args!("{rfc3339}"));
+    let field = |at: usize, len: usize| {
+        buf[at..at + len]
+            .iter()
+            .fold(0u32, |n, digit| n * 10 + u32::from(digit.wrapping_sub(b'0') % 10))
+    };
     (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        (rem / 60 % 60) as u32,
-        (rem % 60) as u32,
+        i64::from(field(0, 4)),
+        field(5, 2) as usize,
+        field(8, 2),
+        field(11, 2),
+        field(14, 2),
+        field(17, 2),
     )
 }
 

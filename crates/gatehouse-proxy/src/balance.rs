@@ -303,7 +303,7 @@ mod tests {
             backends.join(", ")
         );
         let farm = Farm::parse("test.toml", &text).unwrap_or_else(|e| panic!("{e}"));
-        Pool::new(&farm.services[0], &Metrics::new(), None)
+        Pool::for_target(&farm.services[0].targets()[0], &Metrics::new(), None)
     }
 
     fn down(pool: &Pool, i: usize) {

@@ -130,11 +130,9 @@ fn origin_form(request: &mut Request<Incoming>) {
     let path = request
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    if let Ok(uri) = path.parse() {
-        *request.uri_mut() = uri;
-    }
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    *request.uri_mut() = hyper::Uri::from(path);
 }
 
 /// Which target serves the request, or the status that answers it: 404
@@ -164,7 +162,10 @@ fn pick_target(
         .and_then(router::host_of);
     if let (Some(session), Some(host), Some(tls)) = (session, host.as_deref(), &settings.tls)
         && session.sni.as_deref() != Some(host)
-        && tls.certs.get(session.cert).is_some_and(|cert| !cert.covers(host))
+        && tls
+            .certs
+            .get(gatehouse_tls::select(&tls.certs, session.sni.as_deref()))
+            .is_some_and(|cert| !cert.covers(host))
         && (settings.router.names(host) || tls.certs.iter().any(|c| c.covers(host)))
     {
         return Err(StatusCode::MISDIRECTED_REQUEST);

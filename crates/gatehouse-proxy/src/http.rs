@@ -61,12 +61,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// What a TLS client connection negotiated.
+/// What a TLS client connection negotiated. (Which certificate it got
+/// follows from the SNI name; it is worked out only when a 421 may be due.)
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSession {
     pub(crate) sni: Option<String>,
-    /// Index of the certificate presented (the settings' `tls.certs`).
-    pub(crate) cert: usize,
 }
 
 impl Client {

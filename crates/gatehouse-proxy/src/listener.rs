@@ -146,11 +146,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// TLS handshake (both within the header timeout), then HTTP or TCP. Each
 /// phase runs under the tracker, so a shutdown cuts it wherever it is.
 async fn serve_connection(shared: Arc<Shared>, settings: Arc<Settings>, stream: TcpStream, peer: SocketAddr) {
-    let mut setup = Box::pin(set_up(&settings, stream, peer));
-    let Some(Some((stream, addresses, session, h2))) = shared.tracker.run(&mut setup, |_| {}).await else {
+    let proxy_header = settings.expects_proxy_header(peer.ip());
+    let ready = if settings.tls.is_none() && !proxy_header {
+        // Nothing to wait for: no setup future at all.
+        let addresses = client_addresses(&settings, &stream, peer);
+        Some((ClientStream::Plain(stream), addresses, None, false))
+    } else {
+        let mut setup = Box::pin(set_up(&settings, stream, peer, proxy_header));
+        shared.tracker.run(&mut setup, |_| {}).await.flatten()
+    };
+    let Some((stream, addresses, session, h2)) = ready else {
         return;
     };
-    drop(setup);
     match settings.mode {
         Mode::Tcp => {
             let mut relay = Box::pin(crate::tcp::serve(settings, stream, addresses));
@@ -165,22 +172,39 @@ async fn serve_connection(shared: Arc<Shared>, settings: Arc<Settings>, stream: 
 /// TLS session and whether ALPN chose HTTP/2.
 type SetUp = (ClientStream, Addresses, Option<TlsSession>, bool);
 
-async fn set_up(settings: &Settings, mut stream: TcpStream, peer: SocketAddr) -> Option<SetUp> {
-    let local = stream.local_addr().unwrap_or(peer);
-    let mut addresses = Addresses {
-        source: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-        destination: SocketAddr::new(local.ip().to_canonical(), local.port()),
+/// Who the client is and where it connected: IPv4 clients of a dual-stack
+/// listener as plain IPv4. The local address costs a system call and only
+/// `send_proxy` reads it, so without that it is left as the peer's.
+fn client_addresses(settings: &Settings, stream: &TcpStream, peer: SocketAddr) -> Addresses {
+    let local = if settings.sends_proxy {
+        stream.local_addr().unwrap_or(peer)
+    } else {
+        peer
     };
+    Addresses {
+        source: canonical(peer),
+        destination: canonical(local),
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+async fn set_up(
+    settings: &Settings,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxy_header: bool,
+) -> Option<SetUp> {
+    let mut addresses = client_addresses(settings, &stream, peer);
     let deadline = tokio::time::Instant::now() + settings.timeouts.header;
-    if settings.expects_proxy_header(peer.ip()) {
+    if proxy_header {
         match proxy_protocol::read_header(&mut stream, settings.timeouts.header).await {
             Ok(Some(told)) => {
                 addresses = Addresses {
-                    source: SocketAddr::new(told.source.ip().to_canonical(), told.source.port()),
-                    destination: SocketAddr::new(
-                        told.destination.ip().to_canonical(),
-                        told.destination.port(),
-                    ),
+                    source: canonical(told.source),
+                    destination: canonical(told.destination),
                 }
             }
             // The upstream's own health check: its address stands.
@@ -213,12 +237,7 @@ async fn set_up(settings: &Settings, mut stream: TcpStream, peer: SocketAddr) ->
             let connection = stream.get_ref().1;
             let sni = connection.server_name().map(str::to_ascii_lowercase);
             let h2 = connection.alpn_protocol() == Some(b"h2");
-            let cert = gatehouse_tls::select(&tls.certs, sni.as_deref());
-            (
-                ClientStream::Tls(Box::new(stream)),
-                Some(TlsSession { sni, cert }),
-                h2,
-            )
+            (ClientStream::Tls(Box::new(stream)), Some(TlsSession { sni }), h2)
         }
     };
     Some((stream, addresses, session, h2))

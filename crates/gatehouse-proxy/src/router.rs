@@ -20,15 +20,12 @@ pub(crate) struct Router {
     any: Vec<(String, usize)>,
     /// The service's own backends: where unrouted requests go.
     fallback: Option<usize>,
-    /// Whether there is anything to route (else every request is the fallback's).
-    routes: bool,
 }
 
 impl Router {
     pub(crate) fn new(service: &Service) -> Router {
         let mut router = Router {
             fallback: (!service.backends.is_empty()).then_some(0),
-            routes: !service.routes.is_empty(),
             ..Router::default()
         };
         // Targets list the service's own backends first when there are any.
@@ -62,15 +59,16 @@ impl Router {
         router
     }
 
-    /// Whether requests need their host and path looked at.
+    /// Whether requests need their host and path looked at (else every
+    /// request is the fallback's).
     pub(crate) fn has_routes(&self) -> bool {
-        self.routes
+        !(self.any.is_empty() && self.exact.is_empty() && self.wildcard.is_empty())
     }
 
     /// The target for a request; `host` is lowercase without port (see
     /// [`host_of`]). None: no route and no service backends (404).
     pub(crate) fn pick(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        if !self.routes {
+        if !self.has_routes() {
             return self.fallback;
         }
         let by_path = |list: &[(String, usize)]| {

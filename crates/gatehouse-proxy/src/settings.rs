@@ -34,6 +34,9 @@ pub(crate) struct Settings {
     pub(crate) hsts: Option<HeaderValue>,
     /// Peers whose connections start with a PROXY header.
     pub(crate) accept_proxy: Vec<IpNet>,
+    /// Some target sends PROXY headers to its backends: connections need
+    /// their local address (the header's destination).
+    pub(crate) sends_proxy: bool,
     pub(crate) timeouts: Timeouts,
     pub(crate) max_header: usize,
     pub(crate) max_body: Option<u64>,
@@ -156,6 +159,7 @@ impl Settings {
                 .hsts
                 .and_then(|max_age| HeaderValue::try_from(format!("max-age={}", max_age.as_secs())).ok()),
             accept_proxy: service.accept_proxy.iter().map(|n| n.value).collect(),
+            sends_proxy: service.targets().iter().any(|t| t.upstream.send_proxy.is_some()),
             timeouts: options.timeouts,
             max_header: options.max_header,
             max_body: options.max_body,

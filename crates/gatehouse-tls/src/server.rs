@@ -3,8 +3,8 @@
 //! The rule is nginx's, because that is what people moving from nginx expect:
 //! an exact name first, then a wildcard, and otherwise (no SNI, an IP address,
 //! an unknown name) the first certificate listed, like nginx's default server.
-//! [`select`] and the resolver share [`normalize`] and the rule, so the proxy
-//! can tell which certificate a connection got without asking rustls.
+//! [`select`] runs the resolver's own lookup, so the proxy can tell which
+//! certificate a connection got without asking rustls.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::certificate::{Certificate, name_covers};
+use crate::certificate::Certificate;
 
 /// A server config for a listener: TLS 1.2 and 1.3, ALPN protocols in the
 /// given order, certificate chosen by SNI, and session resumption both by the
@@ -39,18 +39,11 @@ pub fn server_config(
 
 /// The certificate the server config would present for this SNI name (None =
 /// no SNI), as an index into `certs`. Lets the proxy answer 421 when a request's
-/// Host is for a certificate other than the one its connection got.
+/// Host is for a certificate other than the one its connection got. The
+/// resolver's own rule, indexed afresh: meant for the rare request whose Host
+/// differs from its SNI, not for every connection.
 pub fn select(certs: &[Arc<Certificate>], sni: Option<&str>) -> usize {
-    let Some(host) = sni.map(normalize) else { return 0 };
-    let exact = certs.iter().position(|cert| cert.names.contains(&host));
-    let wildcard = || {
-        certs.iter().position(|cert| {
-            cert.names
-                .iter()
-                .any(|name| name.starts_with("*.") && name_covers(name, &host))
-        })
-    };
-    exact.or_else(wildcard).unwrap_or(0)
+    SniResolver::new(certs).lookup(sni)
 }
 
 /// SNI as a map key: lowercase (DNS is case-insensitive, and certificate names
@@ -60,65 +53,65 @@ fn normalize(sni: &str) -> String {
     sni.to_ascii_lowercase()
 }
 
-/// [`select`] with the names indexed once, for the handshake path.
+/// The selection rule, with the names indexed once for the handshake path.
 #[derive(Debug)]
 struct SniResolver {
     /// Exact name to the first certificate that has it.
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, usize>,
     /// "example.com" for a certificate named "*.example.com".
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    wildcard: HashMap<String, usize>,
+    keys: Vec<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
     fn new(certs: &[Arc<Certificate>]) -> SniResolver {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        for cert in certs {
+        for (i, cert) in certs.iter().enumerate() {
             for name in &cert.names {
-                // `or_insert`: the first certificate listed wins, as in `select`.
+                // `or_insert`: the first certificate listed wins.
                 match name.strip_prefix("*.") {
                     Some(parent) if !parent.is_empty() => {
-                        wildcard
-                            .entry(parent.to_string())
-                            .or_insert_with(|| cert.key.clone());
+                        wildcard.entry(parent.to_string()).or_insert(i);
                     }
                     _ => {
-                        exact.entry(name.clone()).or_insert_with(|| cert.key.clone());
+                        exact.entry(name.clone()).or_insert(i);
                     }
                 }
             }
         }
-        let default = certs.first().map(|cert| cert.key.clone());
         SniResolver {
             exact,
             wildcard,
-            default,
+            keys: certs.iter().map(|cert| cert.key.clone()).collect(),
         }
     }
 
-    fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// An exact name, then a wildcard for its first label, else the first
+    /// certificate (index 0, also for no SNI).
+    fn lookup(&self, sni: Option<&str>) -> usize {
         let Some(host) = sni.map(normalize) else {
-            return self.default.clone();
+            return 0;
         };
-        if let Some(key) = self.exact.get(&host) {
-            return Some(key.clone());
+        if let Some(&i) = self.exact.get(&host) {
+            return i;
         }
         let by_parent = match host.split_once('.') {
             Some((label, parent)) if !label.is_empty() => self.wildcard.get(parent),
             _ => None,
         };
-        by_parent.or(self.default.as_ref()).cloned()
+        by_parent.copied().unwrap_or(0)
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.lookup(client_hello.server_name())
+        self.keys.get(self.lookup(client_hello.server_name())).cloned()
     }
 }
 
 #[cfg(test)]
 pub(crate) fn resolve_for_test(certs: &[Arc<Certificate>], sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-    SniResolver::new(certs).lookup(sni)
+    let resolver = SniResolver::new(certs);
+    resolver.keys.get(resolver.lookup(sni)).cloned()
 }

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::Request;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
 use crate::certs::{Ca, Leaf, Site};
 use crate::common::*;
+use crate::websocket::{echo_server, frame, read_frame, read_head};
 
 /// A TLS service for www.example.test, app.example.test (only /shop) and
 /// *.wild.example.test, each routed to an nginx answering its own name, and,
@@ -443,98 +444,17 @@ async fn the_backend_sees_https_and_the_client_gets_hsts() {
     );
 }
 
-// WebSocket over TLS: just enough of RFC 6455 for an echo. The client uses the
-// RFC's sample key, so the accept value is the RFC's too.
+// WebSocket over TLS, with websocket.rs's echo server and frames. The client
+// uses the RFC's sample key, so the accept value is the RFC's too.
 
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.expect("a head");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
-/// One frame (opcode, payload); unmasks.
-async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).await.unwrap();
-    let mut len = u64::from(head[1] & 0x7f);
-    if len == 126 {
-        len = u64::from(stream.read_u16().await.unwrap());
-    } else if len == 127 {
-        len = stream.read_u64().await.unwrap();
-    }
-    let mut mask = [0u8; 4];
-    if head[1] & 0x80 != 0 {
-        stream.read_exact(&mut mask).await.unwrap();
-    }
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i % 4];
-    }
-    (head[0] & 0x0f, payload)
-}
-
-/// A final frame; masked (as a client must) when `mask` is not zero.
-fn frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let bit = if mask == [0; 4] { 0 } else { 0x80 };
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(bit | n as u8),
-        n if n < 65536 => {
-            out.push(bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if bit != 0 {
-        out.extend_from_slice(&mask);
-    }
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-/// Echoes data frames until a close frame (which it answers, then closes).
-async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind((TINY_BACKEND_IP, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let head = read_head(&mut stream).await.to_ascii_lowercase();
-                assert!(head.contains(&format!("sec-websocket-key: {}", WS_KEY.to_ascii_lowercase())));
-                let reply = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
-                );
-                stream.write_all(reply.as_bytes()).await.unwrap();
-                loop {
-                    let (opcode, payload) = read_frame(&mut stream).await;
-                    stream.write_all(&frame(opcode, &payload, [0; 4])).await.unwrap();
-                    if opcode == 8 {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_echoes_through_tls() {
     let dir = TempDir::new("tls-ws");
     let site = Site::new(dir.path(), "site");
-    let echo = echo_backend().await;
+    let echo = echo_server().await;
     let port = free_port();
     let text = format!(
         "[[service]]\nname = \"chat\"\nlisten = \"127.0.0.1:{port}\"\nmode = \"http\"\ntls = [{}]\n\
@@ -553,7 +473,7 @@ async fn a_websocket_echoes_through_tls() {
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(head.contains(WS_ACCEPT), "{head}");
-    let mask = [9, 8, 7, 6];
+    let mask = Some([9, 8, 7, 6]);
     for message in ["hello", "over TLS"] {
         stream
             .write_all(&frame(1, message.as_bytes(), mask))

@@ -76,7 +76,8 @@ fn accept_key(key: &str) -> String {
     ))
 }
 
-async fn read_head(stream: &mut TcpStream) -> String {
+/// A request or response head, read byte by byte (nothing after it is taken).
+pub async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -92,7 +93,7 @@ async fn read_head(stream: &mut TcpStream) -> String {
 }
 
 /// One frame: (opcode, payload), unmasking if masked.
-async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).await.unwrap();
     let masked = head[1] & 0x80 != 0;
@@ -120,7 +121,8 @@ async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
     (head[0] & 0x0f, payload)
 }
 
-fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+/// A final frame; masked (as a client must) with `mask`.
+pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = vec![0x80 | opcode];
     let bit = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
@@ -145,8 +147,8 @@ fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 }
 
 /// A WebSocket server that echoes every data frame until a close frame.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+pub async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind((TINY_BACKEND_IP, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
