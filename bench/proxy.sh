@@ -67,67 +67,11 @@ NOFILE=$(ulimit -n)
     die "ulimit -n is $NOFILE; $IDLE idle connections need at least $((IDLE + 1000)) (raise the hard limit, or set IDLE lower)"
 
 # ---------------------------------------------------------------- cleanup
-PIDS=() # every process this script started, stopped in reverse order on exit
 TMP=$(mktemp -d /tmp/gatehouse-proxy-bench.XXXXXX)
 # nginx workers run as nobody when started by root; let them into the temp dir.
 chmod 755 "$TMP"
-
-children_of() {
-    local stat
-    for stat in /proc/[0-9]*/stat; do
-        # The field after the parenthesised command name is the state, then the ppid.
-        [[ $(sed 's/.*) //' "$stat" 2>/dev/null | cut -d' ' -f2) = "$1" ]] && basename "$(dirname "$stat")"
-    done 2>/dev/null || true
-}
-
-# Stops one process we started (and its children, e.g. nginx's workers): TERM,
-# up to 5 s, then KILL.
-stop_pid() {
-    local pid=$1 kids i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kids=$(children_of "$pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    for kid in $kids; do kill -KILL "$kid" 2>/dev/null || true; done
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-forget_pid() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p = "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-# Runs a command in the background and waits for it: bash runs its traps only
-# between commands, and `wait` is one it can interrupt, so Ctrl-C or a TERM stops
-# the run at once instead of after the command.
-run() {
-    "$@" &
-    local pid=$! rc=0
-    PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    forget_pid "$pid"
-    return "$rc"
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib/processes.sh
+source "$ROOT/bench/lib/processes.sh"
 
 # ---------------------------------------------------------------- gatehouse binary
 GH_PROBLEM= # why gatehouse cannot be measured, if it cannot

@@ -42,11 +42,7 @@ impl Validator {
                 ),
             ] {
                 if let Some(span) = span {
-                    self.error(
-                        Diagnostic::new(format!("{key} applies to the userspace proxy, not to nat services"))
-                            .at(span)
-                            .help("the kernel forwards nat connections untouched; use mode = \"http\" or \"tcp\" for this, or remove the key"),
-                    );
+                    self.proxy_only(key, span);
                 }
             }
             return options;
@@ -228,11 +224,7 @@ impl Validator {
         mode: Option<Mode>,
     ) -> Vec<Located<ipnet::IpNet>> {
         if mode == Some(Mode::Nat) {
-            self.error(
-                Diagnostic::new("accept_proxy applies to the userspace proxy, not to nat services")
-                    .at(raw.span())
-                    .help("the kernel forwards nat connections untouched; use mode = \"http\" or \"tcp\" for this, or remove the key"),
-            );
+            self.proxy_only("accept_proxy", raw.span());
             return Vec::new();
         }
         raw.into_inner()

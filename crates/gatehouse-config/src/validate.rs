@@ -503,6 +503,15 @@ impl Validator {
         }
     }
 
+    /// A key of the userspace proxy, given on a nat service.
+    pub(crate) fn proxy_only(&mut self, key: &str, span: Range<usize>) {
+        self.error(
+            Diagnostic::new(format!("{key} applies to the userspace proxy, not to nat services"))
+                .at(span)
+                .help("the kernel forwards nat connections untouched; use mode = \"http\" or \"tcp\" for this, or remove the key"),
+        );
+    }
+
     fn proxy_options(&mut self, raw: ProxyKeys, mode: Option<Mode>) -> ProxyOptions {
         let mut options = ProxyOptions::default();
         if mode == Some(Mode::Nat) {
@@ -515,11 +524,7 @@ impl Validator {
             ];
             for (key, span) in spans {
                 if let Some(span) = span {
-                    self.error(
-                        Diagnostic::new(format!("{key} applies to the userspace proxy, not to nat services"))
-                            .at(span)
-                            .help("the kernel forwards nat connections untouched; use mode = \"http\" or \"tcp\" for this, or remove the key"),
-                    );
+                    self.proxy_only(key, span);
                 }
             }
             return options;

@@ -49,7 +49,7 @@ pub(crate) fn handle(
         origin_form(&mut request);
     }
     if let Some(sink) = &settings.log {
-        finish.log = Some(Box::new(HttpLog::start(sink.clone(), client.ip, &request)));
+        finish.log = Some(Box::new(HttpLog::start(sink.clone(), client.ip(), &request)));
     }
     let target = pick_target(&settings, &client, &request);
     let too_large = settings
@@ -192,7 +192,7 @@ async fn forward(
     let mut tried = Tried::default();
     while tried.len() < attempts {
         let pick = Pick {
-            client: client.ip,
+            client: client.ip(),
             cookie: sticky,
             tried: &tried,
         };

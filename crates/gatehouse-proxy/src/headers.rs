@@ -29,8 +29,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub(crate) struct ClientHeaders {
     /// The client address as X-Forwarded-For writes it.
     ip: HeaderValue,
-    /// "http" or "https".
-    proto: HeaderValue,
+    /// Over TLS: X-Forwarded-Proto and Forwarded's proto say "https".
+    https: bool,
     /// `for=192.0.2.7;proto=http` or `for="[2001:db8::7]";proto=http`.
     forwarded: String,
     /// The last Host and the Forwarded value made with it: a keep-alive
@@ -50,7 +50,7 @@ impl ClientHeaders {
             IpAddr::V6(_) => format!("for=\"[{text}]\";proto={proto}"),
         };
         ClientHeaders {
-            proto: HeaderValue::from_static(proto),
+            https,
             ip: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
             forwarded,
             last: Mutex::new(None),
@@ -206,7 +206,8 @@ pub(crate) fn forward_request(headers: &mut HeaderMap, client: &ClientHeaders, u
             entry.insert(value);
         }
     }
-    headers.insert(&X_FORWARDED_PROTO, client.proto.clone());
+    let proto = if client.https { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 
     let host = headers.get(header::HOST).cloned();
     match headers.entry(header::FORWARDED) {

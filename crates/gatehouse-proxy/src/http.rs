@@ -31,7 +31,6 @@ pub(crate) type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What every request of one client connection shares.
 pub(crate) struct Client {
-    pub(crate) ip: IpAddr,
     /// The client and the address it connected to (from a PROXY header
     /// when a trusted upstream sent one): what `send_proxy` tells backends.
     pub(crate) addresses: Addresses,
@@ -49,17 +48,21 @@ pub(crate) struct Client {
     /// A backend connection that began with this client's PROXY header
     /// (`send_proxy`): kept for the client's next request to that backend, as
     /// HAProxy keeps such connections private to their client.
-    private: Mutex<Option<(Arc<Upstream>, Conn)>>,
+    /// Boxed: most clients never have one, and every client pays for the room.
+    private: Mutex<Option<Box<Private>>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("ip", &self.ip)
+            .field("ip", &self.ip())
             .field("in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }
 }
+
+/// A private backend connection and the upstream it goes to.
+type Private = (Arc<Upstream>, Conn);
 
 /// What a TLS client connection negotiated. (Which certificate it got
 /// follows from the SNI name; it is worked out only when a 421 may be due.)
@@ -72,7 +75,6 @@ impl Client {
     fn new(addresses: Addresses, tls: Option<TlsSession>, timeouts: &Timeouts) -> Client {
         let ip = addresses.source.ip();
         let client = Client {
-            ip,
             addresses,
             headers: ClientHeaders::new(ip, tls.is_some()),
             tls,
@@ -84,6 +86,11 @@ impl Client {
         };
         client.set_timeouts(timeouts);
         client
+    }
+
+    /// The client's address (a trusted upstream's PROXY header tells it).
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.addresses.source.ip()
     }
 
     fn set_timeouts(&self, timeouts: &Timeouts) {
@@ -107,7 +114,7 @@ impl Client {
     /// (one: the most recent; an older one closes).
     pub(crate) fn keep_private(&self, upstream: Arc<Upstream>, conn: Conn) {
         if conn.is_open() {
-            *self.private.lock().unwrap_or_else(|e| e.into_inner()) = Some((upstream, conn));
+            *self.private.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new((upstream, conn)));
         }
     }
 
@@ -115,7 +122,7 @@ impl Client {
     pub(crate) fn take_private(&self, upstream: &Arc<Upstream>) -> Option<Conn> {
         let mut private = self.private.lock().unwrap_or_else(|e| e.into_inner());
         match private.take() {
-            Some((kept, conn)) if Arc::ptr_eq(&kept, upstream) => Some(conn),
+            Some(kept) if Arc::ptr_eq(&kept.0, upstream) => Some(kept.1),
             other => {
                 *private = other;
                 None
@@ -185,25 +192,29 @@ pub(crate) async fn serve(
 
     let mut io = ClientIo::new(stream, client.clone(), h2);
     if h2 {
-        let streams = Streams::default();
-        let mut builder = http2::Builder::new(streams.clone());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(shared.settings().max_header).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
-        let mut connection = H2Connection {
-            connection: Box::pin(builder.serve_connection(TokioIo::new(io), service)),
-            running: FuturesUnordered::new(),
-            streams,
-        };
-        let served = shared
-            .tracker
-            .run(&mut connection, |c| c.connection.as_mut().graceful_shutdown())
-            .await;
-        if let Some(Err(e)) = served {
-            tracing::debug!(client = %client.ip, "client h2 connection: {e}");
-        }
-        return;
+        // Boxed: an HTTP/1.1 connection's task then does not carry HTTP/2's
+        // room (idle keep-alive connections cost what their task holds).
+        return Box::pin(async move {
+            let streams = Streams::default();
+            let mut builder = http2::Builder::new(streams.clone());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(shared.settings().max_header).unwrap_or(u32::MAX))
+                .max_concurrent_streams(256);
+            let mut connection = H2Connection {
+                connection: Box::pin(builder.serve_connection(TokioIo::new(io), service)),
+                running: FuturesUnordered::new(),
+                streams,
+            };
+            let served = shared
+                .tracker
+                .run(&mut connection, |c| c.connection.as_mut().graceful_shutdown())
+                .await;
+            if let Some(Err(e)) = served {
+                tracing::debug!(client = %client.ip(), "client h2 connection: {e}");
+            }
+        })
+        .await;
     }
     loop {
         // Boxed, so that a parked connection does not keep its room.
@@ -220,7 +231,7 @@ pub(crate) async fn serve(
             return; // cut at shutdown
         };
         if let Err(e) = result {
-            tracing::debug!(client = %client.ip, "client connection: {e}");
+            tracing::debug!(client = %client.ip(), "client connection: {e}");
         }
         if let Some(mut tunnel) = client.take_tunnel() {
             shared.tracker.run(&mut tunnel, |_| {}).await;

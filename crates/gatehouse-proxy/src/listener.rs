@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use gatehouse_config::Mode;
 use gatehouse_health::ServiceStats;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -132,39 +133,62 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let settings = shared.settings();
         let guard = shared.opened(settings.stats.clone());
         let shared = shared.clone();
-        tokio::spawn(async move {
-            serve_connection(shared, settings, stream, peer).await;
-            // Everything the connection held (requests in flight and their
-            // backend gauges) is gone before it stops counting as open: a
-            // shutdown that waits for the count then finds everything closed.
-            drop(guard);
-        });
+        // Each connection's task ends by dropping `guard`: everything the
+        // connection held (requests in flight and their backend gauges) is
+        // gone before it stops counting as open, so a shutdown that waits for
+        // the count then finds everything closed.
+        let proxy_header = settings.expects_proxy_header(peer.ip());
+        if settings.tls.is_none() && !proxy_header {
+            // Nothing to set up: the task holds only the serving future (an
+            // idle keep-alive connection costs what this task holds).
+            let addresses = client_addresses(&settings, &stream, peer);
+            tokio::spawn(async move {
+                serve(
+                    shared,
+                    settings,
+                    ClientStream::Plain(stream),
+                    addresses,
+                    None,
+                    false,
+                )
+                .await;
+                drop(guard);
+            });
+        } else {
+            tokio::spawn(async move {
+                let mut setup = Box::pin(set_up(&settings, stream, peer, proxy_header));
+                let ready = shared.tracker.run(&mut setup, |_| {}).await.flatten();
+                drop(setup);
+                if let Some((stream, addresses, session, h2)) = ready {
+                    serve(shared, settings, stream, addresses, session, h2).await;
+                }
+                drop(guard);
+            });
+        }
     }
 }
 
-/// One accepted connection: the PROXY header from a trusted upstream and the
-/// TLS handshake (both within the header timeout), then HTTP or TCP. Each
-/// phase runs under the tracker, so a shutdown cuts it wherever it is.
-async fn serve_connection(shared: Arc<Shared>, settings: Arc<Settings>, stream: TcpStream, peer: SocketAddr) {
-    let proxy_header = settings.expects_proxy_header(peer.ip());
-    let ready = if settings.tls.is_none() && !proxy_header {
-        // Nothing to wait for: no setup future at all.
-        let addresses = client_addresses(&settings, &stream, peer);
-        Some((ClientStream::Plain(stream), addresses, None, false))
-    } else {
-        let mut setup = Box::pin(set_up(&settings, stream, peer, proxy_header));
-        shared.tracker.run(&mut setup, |_| {}).await.flatten()
-    };
-    let Some((stream, addresses, session, h2)) = ready else {
-        return;
-    };
+/// A connection once set up (the PROXY header from a trusted upstream and
+/// the TLS handshake, both within the header timeout, run under the tracker
+/// so that a shutdown cuts them too): HTTP or TCP. Not an `async fn`: the
+/// future is the serving one itself, with no room of its own around it.
+fn serve(
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    stream: ClientStream,
+    addresses: Addresses,
+    session: Option<TlsSession>,
+    h2: bool,
+) -> impl Future<Output = ()> {
     match settings.mode {
-        Mode::Tcp => {
+        Mode::Tcp => Either::Left(async move {
             let mut relay = Box::pin(crate::tcp::serve(settings, stream, addresses));
             shared.tracker.run(&mut relay, |_| {}).await;
-        }
+        }),
         // Runs its connection under the tracker itself (to drain gracefully).
-        _ => crate::http::serve(shared, settings, stream, addresses, session, h2).await,
+        _ => Either::Right(crate::http::serve(
+            shared, settings, stream, addresses, session, h2,
+        )),
     }
 }
 
