@@ -153,26 +153,7 @@ fi
 
 # ---------------------------------------------------------------- gatehouse binary
 GH_PROBLEM= # why gatehouse cannot be measured, if it cannot
-if has gatehouse; then
-    if [[ -n ${GATEHOUSE_BIN:-} ]]; then
-        GH=$GATEHOUSE_BIN
-    else
-        say "building gatehouse (cargo build --release --locked -p gatehouse in $ROOT)"
-        GH=$target/release/gatehouse
-        if ! (cd "$ROOT" && cargo build --release --locked -p gatehouse --quiet) >"$TMP/build.log" 2>&1; then
-            tail -n 20 "$TMP/build.log" >&2
-            GH_PROBLEM="cargo build --release --locked -p gatehouse failed (output above)"
-        fi
-    fi
-    if [[ -z $GH_PROBLEM ]]; then
-        if [[ ! -x $GH ]]; then
-            GH_PROBLEM="no gatehouse binary at $GH"
-        elif ! "$GH" serve --help >/dev/null 2>&1; then
-            GH_PROBLEM="$GH has no 'serve' command yet (the userspace proxy is not in this build)"
-        fi
-    fi
-    [[ -z $GH_PROBLEM ]] || echo "tls: error: gatehouse cannot be measured: $GH_PROBLEM; measuring the others" >&2
-fi
+has gatehouse && find_gatehouse tls serve "the userspace proxy"
 
 # ---------------------------------------------------------------- servers
 # Each start_* function writes its config to $TMP, starts the server in the

@@ -1,5 +1,5 @@
 # bench/lib/processes.sh: the processes a benchmark starts, and stopping them.
-# Sourced by bench/proxy.sh and bench/tls.sh once they have made their temp dir
+# Sourced by bench/proxy.sh, bench/tls.sh and bench/logs.sh once they have made their temp dir
 # ($TMP): every process started through `run` or added to PIDS is stopped (with
 # its children) in reverse order when the script exits, also on Ctrl-C or error,
 # and $TMP is removed.
@@ -62,4 +62,34 @@ run() {
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# find_gatehouse WHAT COMMAND PURPOSE: sets GH to $GATEHOUSE_BIN or a fresh
+# release build (cargo build --release --locked -p gatehouse, output in
+# $TMP/build.log), and GH_PROBLEM to why it cannot be measured (empty when it
+# can): no binary, or no COMMAND in it (PURPOSE names what is missing). WHAT
+# prefixes the complaint ("proxy", "tls", "logs").
+find_gatehouse() {
+    local what=$1 command=$2 purpose=$3 target
+    GH_PROBLEM=
+    if [[ -n ${GATEHOUSE_BIN:-} ]]; then
+        GH=$GATEHOUSE_BIN
+    else
+        echo "$what: building gatehouse (cargo build --release --locked -p gatehouse in $ROOT)"
+        target=${CARGO_TARGET_DIR:-target}
+        [[ $target = /* ]] || target=$ROOT/$target
+        GH=$target/release/gatehouse
+        if ! (cd "$ROOT" && cargo build --release --locked -p gatehouse --quiet) >"$TMP/build.log" 2>&1; then
+            tail -n 20 "$TMP/build.log" >&2
+            GH_PROBLEM="cargo build --release --locked -p gatehouse failed (output above)"
+        fi
+    fi
+    if [[ -z $GH_PROBLEM ]]; then
+        if [[ ! -x $GH ]]; then
+            GH_PROBLEM="no gatehouse binary at $GH"
+        elif ! "$GH" "$command" --help >/dev/null 2>&1; then
+            GH_PROBLEM="$GH has no '$command' command yet ($purpose is not in this build)"
+        fi
+    fi
+    [[ -z $GH_PROBLEM ]] || echo "$what: error: gatehouse cannot be measured: $GH_PROBLEM; measuring the others" >&2
 }

@@ -6,6 +6,7 @@
 //! time on the host, can name `file:line:column`.
 
 mod diagnostic;
+mod log_server;
 mod model;
 mod raw;
 mod routes;
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{Diagnostic, Diagnostics, Source};
 pub use model::{
     AccessLog, Admin, Backend, BackendProtocol, BackendTls, Balance, Check, Farm, Gateway, Health, Listen,
-    ListenerTls, Located, Mode, ProxyOptions, ProxyVersion, Route, Service, Target, Timeouts,
-    UpstreamOptions,
+    ListenerTls, Located, LogServer, LogTls, Mode, ProxyOptions, ProxyVersion, Route, Service, Target,
+    Timeouts, UpstreamOptions,
 };
 
 /// Where the config is looked for when no `-c FILE` is given and

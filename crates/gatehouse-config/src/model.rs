@@ -41,6 +41,42 @@ pub struct Farm {
     pub admin: Option<Admin>,
     /// How `serve` stops: in-flight requests get this long after SIGTERM.
     pub drain: Duration,
+    /// The `[log_server]` section; none when absent.
+    pub log_server: Option<LogServer>,
+}
+
+/// The `[log_server]` section: syslog over UDP, TCP and TLS into per-host
+/// segment files under `dir`.
+#[derive(Debug, Clone)]
+pub struct LogServer {
+    pub udp: Option<Located<SocketAddr>>,
+    pub tcp: Option<Located<SocketAddr>>,
+    pub tls: Option<LogTls>,
+    /// Absolute, or made so against the config file's directory.
+    pub dir: Located<PathBuf>,
+    /// Segments whose newest line is older than this are deleted.
+    pub retention: Option<Duration>,
+    /// The oldest segments go while all hosts' segments take more bytes than this.
+    pub max_size: Option<u64>,
+    /// Names for senders, by address; others are named by their address.
+    pub hosts: Vec<(Located<IpAddr>, Located<String>)>,
+    /// Longer messages are cut here and flagged.
+    pub max_message: usize,
+    /// Messages per second per sender address; `None` when turned off.
+    pub rate_limit: Option<std::num::NonZeroU32>,
+    /// How often what was received is fsync'd: the most a power loss can take.
+    pub fsync: Duration,
+    /// A segment file is closed and a new one started at this size ...
+    pub segment_size: u64,
+    /// ... or when its first line is this old.
+    pub segment_age: Duration,
+}
+
+/// `tls = { listen, cert, key }`: syslog over TLS (RFC 5425).
+#[derive(Debug, Clone)]
+pub struct LogTls {
+    pub listen: Located<SocketAddr>,
+    pub cert: Arc<gatehouse_tls::Certificate>,
 }
 
 /// The `[admin]` section.

@@ -19,6 +19,35 @@ pub struct File {
     pub service: Vec<Spanned<Service>>,
     pub admin: Option<Spanned<Admin>>,
     pub serve: Option<Spanned<Serve>>,
+    pub log_server: Option<Spanned<LogServer>>,
+}
+
+/// `[log_server]`: syslog in, per-host files out.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LogServer {
+    pub udp: Option<Spanned<String>>,
+    pub tcp: Option<Spanned<String>>,
+    pub tls: Option<Spanned<LogTls>>,
+    pub dir: Spanned<String>,
+    pub retention: Option<Spanned<String>>,
+    pub max_size: Option<Spanned<String>>,
+    /// Sender address → name; the keys keep their positions for diagnostics.
+    pub hosts: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub max_message: Option<Spanned<String>>,
+    /// Messages per second per sender; 0 turns the limit off.
+    pub rate_limit: Option<Spanned<i64>>,
+    pub fsync: Option<Spanned<String>>,
+    pub segment_size: Option<Spanned<String>>,
+    pub segment_age: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LogTls {
+    pub listen: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Deserialize, Debug)]

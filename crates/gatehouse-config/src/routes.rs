@@ -141,7 +141,7 @@ impl Validator {
     }
 
     /// A path from the file: relative ones are relative to the file's directory.
-    fn path(&self, text: &str) -> PathBuf {
+    pub(crate) fn path(&self, text: &str) -> PathBuf {
         self.base.join(text)
     }
 
@@ -168,21 +168,13 @@ impl Validator {
             );
             return None;
         }
-        let mut certs = Vec::new();
-        for pair in pairs {
-            let pair = pair.into_inner();
-            let (cert, key) = (self.path(pair.cert.get_ref()), self.path(pair.key.get_ref()));
-            match gatehouse_tls::load(&cert, &key) {
-                Ok(loaded) => certs.push(Arc::new(loaded)),
-                Err(problem) => {
-                    let at = match problem.which {
-                        gatehouse_tls::Which::Key => pair.key.span(),
-                        _ => pair.cert.span(),
-                    };
-                    self.error(Diagnostic::new(problem.to_string()).at(at).help(problem.help()));
-                }
-            }
-        }
+        let certs: Vec<_> = pairs
+            .into_iter()
+            .filter_map(|pair| {
+                let pair = pair.into_inner();
+                self.certificate(pair.cert, pair.key)
+            })
+            .collect();
         if certs.is_empty() {
             return None;
         }
@@ -197,6 +189,26 @@ impl Validator {
             return None;
         }
         Some(ListenerTls { certs })
+    }
+
+    /// A certificate and its key, loaded and checked; a problem is reported
+    /// at the file it is about.
+    pub(crate) fn certificate(
+        &mut self,
+        cert: Spanned<String>,
+        key: Spanned<String>,
+    ) -> Option<Arc<gatehouse_tls::Certificate>> {
+        match gatehouse_tls::load(&self.path(cert.get_ref()), &self.path(key.get_ref())) {
+            Ok(loaded) => Some(Arc::new(loaded)),
+            Err(problem) => {
+                let at = match problem.which {
+                    gatehouse_tls::Which::Key => key.span(),
+                    _ => cert.span(),
+                };
+                self.error(Diagnostic::new(problem.to_string()).at(at).help(problem.help()));
+                None
+            }
+        }
     }
 
     pub(crate) fn redirect_http(

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Backend, Balance, Check, Farm, Mode};
+use crate::model::{Backend, Balance, Check, Farm, LogServer, Mode};
 
 impl Farm {
     pub fn summary(&self) -> String {
@@ -92,8 +92,11 @@ impl Farm {
                 );
             }
         }
-        if self.gateway.is_none() && self.services.is_empty() {
-            out.push_str("nothing configured: add a [gateway] section or a [[service]]\n");
+        if let Some(log) = &self.log_server {
+            log_server(&mut out, log);
+        }
+        if self.gateway.is_none() && self.services.is_empty() && self.log_server.is_none() {
+            out.push_str("nothing configured: add a [gateway] section, a [[service]] or a [log_server]\n");
         }
         for s in &self.services {
             let check = match &s.health.check {
@@ -115,11 +118,56 @@ impl Farm {
         if let Some(admin) = &self.admin {
             let _ = writeln!(
                 out,
-                "admin    http://{}/ (metrics, status, reload)",
-                admin.listen.value
+                "admin    http://{}/ (metrics, status, reload{})",
+                admin.listen.value,
+                if self.log_server.is_some() { ", logs" } else { "" }
             );
         }
         out
+    }
+}
+
+fn log_server(out: &mut String, log: &LogServer) {
+    let mut inputs = Vec::new();
+    if let Some(udp) = &log.udp {
+        inputs.push(format!("udp {}", udp.value));
+    }
+    if let Some(tcp) = &log.tcp {
+        inputs.push(format!("tcp {}", tcp.value));
+    }
+    if let Some(tls) = &log.tls {
+        inputs.push(format!(
+            "tls {} ({} until {})",
+            tls.listen.value,
+            tls.cert.names.join(" "),
+            humantime::format_rfc3339_seconds(tls.cert.not_after)
+        ));
+    }
+    let mut keep = vec![format!("into {}", log.dir.value.display())];
+    if let Some(age) = log.retention {
+        keep.push(format!("kept {}", humantime::format_duration(age)));
+    }
+    if let Some(size) = log.max_size {
+        keep.push(format!("up to {}", bytesize::ByteSize::b(size).display().iec()));
+    }
+    let _ = writeln!(
+        out,
+        "logs     syslog on {}, {}",
+        inputs.join(", "),
+        keep.join(", ")
+    );
+    let limit = match log.rate_limit {
+        Some(rate) => format!("{rate} messages/s per sender"),
+        None => "no rate limit".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "         messages up to {}, {limit}, fsync every {}",
+        bytesize::ByteSize::b(log.max_message as u64).display().iec(),
+        humantime::format_duration(log.fsync)
+    );
+    for (address, name) in &log.hosts {
+        let _ = writeln!(out, "         {} is {}", address.value, name.value);
     }
 }
 

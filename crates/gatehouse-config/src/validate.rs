@@ -48,6 +48,10 @@ pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
         .and_then(|s| s.into_inner().drain)
         .and_then(|d| v.duration(d, "drain"))
         .unwrap_or(DEFAULT_DRAIN);
+    let log_server = file.log_server.and_then(|l| v.log_server(l));
+    if let Some(log_server) = &log_server {
+        v.log_ports_free(log_server, &services, admin.as_ref());
+    }
     if let Some(admin) = &admin
         && let Some(clash) = services
             .iter()
@@ -71,6 +75,7 @@ pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
             services,
             admin,
             drain,
+            log_server,
         })
     } else {
         v.errors.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
@@ -489,7 +494,7 @@ impl Validator {
     }
 
     /// "64KiB", "10MB", "1GiB" or a byte count.
-    fn size(&mut self, raw: Spanned<String>, key: &str) -> Option<u64> {
+    pub(crate) fn size(&mut self, raw: Spanned<String>, key: &str) -> Option<u64> {
         match raw.get_ref().trim().parse::<bytesize::ByteSize>() {
             Ok(size) if size.as_u64() > 0 => Some(size.as_u64()),
             _ => {

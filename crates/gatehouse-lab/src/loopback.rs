@@ -147,6 +147,33 @@ impl LoopbackNginx {
     }
 }
 
+/// A directory of a test's own under the temp dir, removed (with everything
+/// in it) when dropped, also when the test fails. The name carries the
+/// process id and a counter, so parallel tests and runs never share one.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("gatehouse-test-{}-{what}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A port nothing listens on now. Another process could take it before the
 /// caller binds it; on a test machine that race is rare enough.
 pub fn free_port() -> Result<u16> {

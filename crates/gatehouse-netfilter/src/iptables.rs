@@ -192,6 +192,13 @@ impl Writer<'_> {
                     one(format!("-p tcp -m multiport --dports {}", list.join(",")))
                 }
             },
+            Match::UdpDport(ports) => match ports.as_slice() {
+                [port] => one(format!("-p udp -m udp --dport {port}")),
+                ports => {
+                    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                    one(format!("-p udp -m multiport --dports {}", list.join(",")))
+                }
+            },
             Match::Icmp(IcmpType::EchoRequest) => one("-p icmp -m icmp --icmp-type echo-request".into()),
             Match::Icmp(IcmpType::V6EchoRequest | IcmpType::V6NeighbourDiscovery) => Ok(None),
             Match::Limit { rate, per, burst } => {

@@ -94,6 +94,7 @@ pub enum Match {
     /// came in on: a LAN host reaching the gateway's WAN address (hairpin).
     DaddrLocalElsewhere,
     TcpDport(Vec<u16>),
+    UdpDport(Vec<u16>),
     Icmp(IcmpType),
     Limit {
         rate: u32,

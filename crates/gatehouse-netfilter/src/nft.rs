@@ -157,6 +157,7 @@ fn matcher(m: &Match) -> String {
         Match::DaddrLocal => "fib daddr type local".into(),
         Match::DaddrLocalElsewhere => "fib daddr type local fib daddr . iif type != local".into(),
         Match::TcpDport(ports) => format!("tcp dport {}", set(ports.iter().map(|p| p.to_string()))),
+        Match::UdpDport(ports) => format!("udp dport {}", set(ports.iter().map(|p| p.to_string()))),
         Match::Icmp(IcmpType::EchoRequest) => "icmp type echo-request".into(),
         Match::Icmp(IcmpType::V6EchoRequest) => "icmpv6 type echo-request".into(),
         Match::Icmp(IcmpType::V6NeighbourDiscovery) => {

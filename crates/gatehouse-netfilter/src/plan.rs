@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 
-use gatehouse_config::{Balance, Farm, Gateway, Service};
+use gatehouse_config::{Balance, Farm, Gateway, LogServer, Service};
 use ipnet::IpNet;
 
 use crate::ir::{
@@ -61,7 +61,7 @@ pub fn ruleset_in_rotation(farm: &Farm, live: &LiveMaps, rotation: &InRotation) 
     let proxy_services: Vec<&Service> = farm.proxy_services().collect();
     Ruleset {
         chains: vec![
-            input(gateway, &proxy_services),
+            input(gateway, &proxy_services, farm.log_server.as_ref()),
             forward(gateway),
             prerouting(gateway, &nat_services),
             postrouting(gateway, !nat_services.is_empty()),
@@ -80,7 +80,7 @@ fn replies_first() -> Vec<Rule> {
     ]
 }
 
-fn input(g: &Gateway, proxy_services: &[&Service]) -> Chain {
+fn input(g: &Gateway, proxy_services: &[&Service], log: Option<&LogServer>) -> Chain {
     let wan = vec![g.wan.value.clone()];
     let lan = vec![g.lan.value.clone()];
     let mut rules = replies_first();
@@ -145,6 +145,28 @@ fn input(g: &Gateway, proxy_services: &[&Service]) -> Chain {
             }
             matches.push(Match::TcpDport(vec![listen.port]));
             rules.push(Rule::new(matches, Action::Accept).comment(format!("service {}{what}", s.name.value)));
+        }
+    }
+    // Syslog comes from the web servers, on the LAN; never from the internet.
+    if let Some(log) = log {
+        let listeners = [
+            (log.udp.as_ref(), false, "udp"),
+            (log.tcp.as_ref(), true, "tcp"),
+            (log.tls.as_ref().map(|t| &t.listen), true, "tls"),
+        ];
+        for (listen, tcp, what) in listeners {
+            let Some(listen) = listen else { continue };
+            let port = vec![listen.port()];
+            let mut matches = vec![Match::Iif(lan.clone())];
+            if !listen.ip().is_unspecified() {
+                matches.push(Match::Daddr(listen.ip()));
+            }
+            matches.push(if tcp {
+                Match::TcpDport(port)
+            } else {
+                Match::UdpDport(port)
+            });
+            rules.push(Rule::new(matches, Action::Accept).comment(format!("log_server {what} from the lan")));
         }
     }
     Chain {

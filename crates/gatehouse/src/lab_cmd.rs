@@ -174,8 +174,11 @@ fn up(args: UpArgs) -> Result<ExitCode> {
 
     let config = run_dir.join("gatehouse.toml");
     // On error `lab` is dropped, which tears it down.
-    std::fs::write(&config, farm_config(args.backends))
-        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::write(
+        &config,
+        farm_config(args.backends) + &log_server_config(args.backends, &run_dir),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let state_dir = run_dir.join("state");
     if !args.no_apply {
         eprintln!("applying {} to {} ...", config.display(), lab.gateway_ns());
@@ -206,6 +209,26 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     lab.persist().context("recording the lab in its run directory")?;
     print!("{summary}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Part 2 of the seed: the gateway keeps every web server's access log (the
+/// lab's nginx send theirs over syslog to the gateway's LAN address), each
+/// line prefixed with its server's name. Serve runs it; `lab up` only
+/// applies the firewall, which lets it in from the LAN.
+fn log_server_config(backends: usize, run_dir: &Path) -> String {
+    let hosts: Vec<String> = (1..=backends)
+        .map(|k| format!("\"{}\" = \"web{k}\"", web_addr(k)))
+        .collect();
+    format!(
+        "\n# Part 2 of the seed: every web server's access log in one place.\n\
+         [log_server]\n\
+         udp = \"{}:514\"\n\
+         dir = \"{}\"\n\
+         hosts = {{ {} }}\n",
+        gatehouse_lab::GATEWAY_LAN_ADDR,
+        run_dir.join("logs").display(),
+        hosts.join(", ")
+    )
 }
 
 /// The seed's farm with its `backends = [...]` line listing the lab's N servers.
@@ -278,6 +301,7 @@ fn summary(lab: &Lab, config: &Path, state_dir: &Path, applied: bool, down: &str
          \x20 gatehouse --netns {gw} plan -c {c}\n\
          \x20 ip netns exec {gw} nft list table inet gatehouse\n\
          \x20 gatehouse --netns {gw} --state-dir {state} serve -c {c}     # health checks keep dead servers out\n\
+         \x20 gatehouse logs -c {c} -f     # with serve running: each web server's access log, prefixed\n\
          \x20 gatehouse lab status\n\
          \x20 {down}\n",
         client = lab.client_ns(),
@@ -388,6 +412,19 @@ mod tests {
                 .collect()
         };
         assert_eq!(others(&three), others(SEED_FARM));
+    }
+
+    #[test]
+    fn the_log_server_names_every_lab_server() {
+        let text = log_server_config(3, Path::new("/run/gatehouse/lab-x"));
+        assert!(text.contains("udp = \"10.0.0.1:514\"\n"), "{text}");
+        assert!(text.contains("dir = \"/run/gatehouse/lab-x/logs\"\n"), "{text}");
+        assert!(
+            text.contains(r#"hosts = { "10.0.0.11" = "web1", "10.0.0.12" = "web2", "10.0.0.13" = "web3" }"#),
+            "{text}"
+        );
+        let farm = gatehouse_config::Farm::parse("lab.toml", &(farm_config(3) + &text)).expect("valid");
+        assert_eq!(farm.log_server.expect("log_server").hosts.len(), 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod kernel_cmd;
 mod lab_cmd;
+mod logs_cmd;
 mod probe_cmd;
 mod serve;
 mod serve_cmd;
@@ -67,6 +68,8 @@ enum Command {
     Reload(serve_cmd::ReloadArgs),
     /// Show services and backends of a running serve: up/down, since when, load.
     Status(serve_cmd::StatusArgs),
+    /// Search and follow the log server's logs: `web1 | <the line>`, oldest first.
+    Logs(logs_cmd::LogsArgs),
     /// Build the seed's farm in network namespaces on this machine (root).
     Lab(lab_cmd::LabArgs),
     /// Send N requests and show which backend answered each, with latency percentiles.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Reload(args) => serve_cmd::reload(&args),
         Command::Status(args) => serve_cmd::status(&args),
+        Command::Logs(args) => logs_cmd::run(&args),
     };
     match outcome {
         Ok(code) => code,

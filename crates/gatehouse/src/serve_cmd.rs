@@ -55,7 +55,7 @@ fn admin_of(farm: &Farm, path: &Path) -> Result<SocketAddr, Failure> {
 
 /// One request to the admin listener; a small runtime of its own because
 /// these commands are otherwise synchronous.
-fn request(addr: SocketAddr, method: hyper::Method, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) fn request(addr: SocketAddr, method: hyper::Method, path: &str) -> anyhow::Result<(u16, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -35,18 +35,7 @@ impl std::ops::Deref for Serve {
 
 impl Serve {
     fn start(farm: &Farm) -> Serve {
-        let state = farm.lab.run_dir().join("state");
-        let gw = farm.gw();
-        let args = [
-            "--netns".as_ref(),
-            gw.as_ref(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-            "serve".as_ref(),
-            "-c".as_ref(),
-            farm.config.as_os_str(),
-        ];
-        Serve(Process::spawn(&args, farm.lab.run_dir().join("serve.log")))
+        Serve(farm.serve())
     }
 
     /// Wait until serve says it is serving and both backends are in the map.

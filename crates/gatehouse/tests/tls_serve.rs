@@ -11,37 +11,15 @@ mod certs;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use certs::{Ca, Leaf};
-use gatehouse_lab::loopback::{Nginx, Page, free_port};
+use gatehouse_lab::loopback::{Nginx, Page, TempDir, free_port};
 use support::{EXE, Process, require, show};
-
-/// A directory of our own, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(what: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!(
-            "gatehouse-tls-serve-{what}-{}-{}",
-            std::process::id(),
-            free_port().expect("port")
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Dir(path)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// curl; (exit code, stdout, stderr).
 fn curl(args: &[&str]) -> (i32, String, String) {
@@ -122,7 +100,7 @@ fn replace(to: &Leaf, from: &Leaf) {
 #[test]
 fn serve_terminates_tls_for_two_names_and_takes_new_certificates_on_sighup() {
     require(&["nginx", "curl"]);
-    let dir = Dir::new("reload");
+    let dir = TempDir::new("reload");
     let (one, two) = (Ca::new(&dir.0, "one"), Ca::new(&dir.0, "two"));
     let www = one.leaf("www", &["www.example.test"]);
     let app = one.leaf("app", &["app.example.test"]);
@@ -270,7 +248,7 @@ fn check(config: &Path) -> Output {
 
 #[test]
 fn check_refuses_bad_certificate_files_at_their_place_in_the_config() {
-    let dir = Dir::new("check");
+    let dir = TempDir::new("check");
     let ca = Ca::new(&dir.0, "check");
     let www = ca.leaf("www", &["www.example.test"]);
     let app = ca.leaf("app", &["app.example.test"]);

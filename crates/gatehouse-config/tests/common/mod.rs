@@ -12,6 +12,14 @@ pub fn farm(text: &str) -> Farm {
     }
 }
 
+/// A farm read from a file at `path` (relative paths resolve against its directory).
+pub fn farm_at(path: &str, text: &str) -> Farm {
+    match Farm::parse(path, text) {
+        Ok(farm) => farm,
+        Err(d) => panic!("expected a valid farm, got:\n{}", d.render(false)),
+    }
+}
+
 pub fn errors(text: &str) -> Diagnostics {
     match Farm::parse("farm.toml", text) {
         Ok(_) => panic!("expected errors for:\n{text}"),

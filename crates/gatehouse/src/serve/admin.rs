@@ -51,6 +51,8 @@ pub async fn start(
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
         .route("/reload", post(reload_now))
+        .route("/logs", get(super::log_api::logs))
+        .route("/logs/stats", get(super::log_api::stats))
         .with_state(state);
     Ok(tokio::spawn(async move {
         // Aborting this task (a reload that moves or removes the admin
@@ -60,6 +62,12 @@ pub async fn start(
             tracing::error!("admin listener failed: {e}");
         }
     }))
+}
+
+impl axum::extract::FromRef<Admin> for SharedView {
+    fn from_ref(admin: &Admin) -> SharedView {
+        admin.view.clone()
+    }
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -72,7 +80,9 @@ impl Drop for AbortOnDrop {
 
 async fn index() -> &'static str {
     "gatehouse admin\n\n  GET  /metrics  Prometheus metrics\n  GET  /status   services and backends as JSON\n  \
-     POST /reload   re-read the config file (422: the file is invalid, 500: applying it failed)\n"
+     POST /reload   re-read the config file (422: the file is invalid, 500: applying it failed)\n  \
+     GET  /logs     the log server's lines: ?host=web1&since=1h&grep=REGEX&last=N&format=json&follow=1\n  \
+     GET  /logs/stats  per host what is kept, per sender what was received and shed\n"
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {

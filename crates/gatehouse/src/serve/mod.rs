@@ -12,6 +12,8 @@
 
 mod admin;
 mod kernel;
+mod log_api;
+mod logs;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use gatehouse_config::{Farm, LoadError, Mode, Service};
 use gatehouse_health::{Metrics, Pool};
+use gatehouse_logd::ingest::IngestStats;
 use gatehouse_netfilter::plan::InRotation;
 use gatehouse_netfilter::{Host, StateDir, apply};
 use gatehouse_proxy::{Redirect, Server};
@@ -44,6 +47,10 @@ pub struct View {
     pub started: SystemTime,
     pub reloads: u64,
     pub services: Vec<ServiceView>,
+    /// The log server's directory, when there is one: queries read it.
+    pub logs: Option<std::path::PathBuf>,
+    /// Per-sender counters of the log server (kept across reloads).
+    pub log_stats: Arc<IngestStats>,
 }
 
 pub struct ServiceView {
@@ -164,17 +171,23 @@ struct Supervisor {
     reload_sender: mpsc::Sender<ReloadRequest>,
     /// Proxies of removed services, finishing their connections.
     draining: Vec<JoinHandle<()>>,
+    logs: Option<logs::Running>,
+    log_stats: Arc<IngestStats>,
 }
 
 impl Supervisor {
     async fn start(path: PathBuf, farm: Farm, kernel: Kernel) -> Result<Supervisor, Failure> {
         let metrics = Arc::new(Metrics::new());
+        let log_stats = IngestStats::new();
+        metrics.register_collector(log_stats.collector());
         let (reload_sender, reloads) = mpsc::channel(4);
         let view = Arc::new(RwLock::new(View {
             config: path.clone(),
             started: SystemTime::now(),
             reloads: 0,
             services: Vec::new(),
+            logs: None,
+            log_stats: log_stats.clone(),
         }));
         let mut supervisor = Supervisor {
             path,
@@ -187,6 +200,8 @@ impl Supervisor {
             reloads,
             reload_sender,
             draining: Vec::new(),
+            logs: None,
+            log_stats,
         };
         match supervisor.install(farm).await {
             Ok(()) => {}
@@ -197,9 +212,10 @@ impl Supervisor {
         let nat = supervisor.services.len() - proxied;
         tracing::info!(
             config = %supervisor.path.display(),
-            "serving: {proxied} proxied service{} and {nat} nat service{}{}",
+            "serving: {proxied} proxied service{} and {nat} nat service{}{}{}",
             if proxied == 1 { "" } else { "s" },
             if nat == 1 { "" } else { "s" },
+            if supervisor.logs.is_some() { ", the log server" } else { "" },
             supervisor
                 .admin
                 .as_ref()
@@ -351,7 +367,36 @@ impl Supervisor {
                 }
             }
         }
-        // 3. The kernel table, in one transaction (a no-op when unchanged).
+        // 3. The log server: started, or given its new listeners and limits
+        //    (undone below if the kernel table is refused).
+        let mut log_started = None;
+        let mut log_reconfigured = false;
+        let log_failure = match (&mut self.logs, &farm.log_server) {
+            (None, Some(config)) => logs::start(config, &self.log_stats)
+                .await
+                .map(|running| log_started = Some(running))
+                .err(),
+            (Some(running), Some(config)) if !running.same_dir(config) => Some(anyhow::anyhow!(
+                "log_server dir changed from {} to {}: the store moves only at a restart of serve \
+                 (move the files, then restart), so the reload is refused",
+                running.config.dir.value.display(),
+                config.dir.value.display()
+            )),
+            (Some(running), Some(config)) => running
+                .reconfigure(config)
+                .await
+                .map(|()| log_reconfigured = true)
+                .err(),
+            (_, None) => None,
+        };
+        if let Some(e) = log_failure {
+            stop_all(&mut fresh).await;
+            if let Some((_, task)) = new_admin {
+                task.abort();
+            }
+            return Err(InstallError::Failed(e));
+        }
+        // 4. The kernel table, in one transaction (a no-op when unchanged).
         if farm.gateway.is_some() {
             // Maps as health left them: an unchanged file then changes nothing.
             let rotation: InRotation = farm
@@ -392,11 +437,28 @@ impl Supervisor {
                 if let Some((_, task)) = new_admin {
                     task.abort();
                 }
+                if let Some(started) = log_started {
+                    started.stop().await;
+                }
+                if log_reconfigured
+                    && let (Some(running), Some(config)) = (&mut self.logs, &self.farm.log_server)
+                    && let Err(e) = running.reconfigure(config).await
+                {
+                    tracing::error!("log server: cannot take its previous config back: {e:#}");
+                }
                 return Err(failure);
             }
         }
 
         // Nothing can fail from here on: swap the new farm in.
+        if let Some(started) = log_started {
+            self.logs = Some(started);
+        } else if farm.log_server.is_none()
+            && let Some(removed) = self.logs.take()
+        {
+            tracing::info!("log server removed from the file; stopping it");
+            removed.stop().await;
+        }
         if let Some(admin) = new_admin {
             if let Some((_, old)) = self.admin.replace(admin) {
                 old.abort();
@@ -496,7 +558,9 @@ impl Supervisor {
                 server: r.server.as_ref().map(Arc::downgrade),
             })
             .collect();
-        self.view.write().unwrap_or_else(|e| e.into_inner()).services = services;
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        view.services = services;
+        view.logs = self.logs.as_ref().map(|l| l.config.dir.value.clone());
     }
 
     /// SIGTERM: stop accepting everywhere, let requests in flight finish
@@ -518,6 +582,9 @@ impl Supervisor {
         }
         for wait in waits.into_iter().chain(self.draining.drain(..)) {
             let _ = wait.await;
+        }
+        if let Some(logs) = self.logs.take() {
+            logs.stop().await;
         }
         if let Some((_, admin)) = self.admin.take() {
             admin.abort();

@@ -110,6 +110,23 @@ impl Farm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `gatehouse serve` on the gateway with the lab's config and state
+    /// directory, logging to serve.log in the run dir.
+    pub fn serve(&self) -> Process {
+        let state = self.lab.run_dir().join("state");
+        let gw = self.gw();
+        let args = [
+            "--netns".as_ref(),
+            gw.as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "serve".as_ref(),
+            "-c".as_ref(),
+            self.config.as_os_str(),
+        ];
+        Process::spawn(&args, self.lab.run_dir().join("serve.log"))
+    }
+
     pub fn spawn(&mut self, ns: &str, args: &[&str], log: &str) {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         self.lab
