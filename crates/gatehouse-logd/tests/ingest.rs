@@ -275,6 +275,46 @@ async fn a_hundred_thousand_messages_over_one_connection_arrive_once_in_order() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_thousand_lines_from_logger_arrive_once_in_order() {
+    let server = Server::start("logger-many", Server::options()).await;
+    let file = server.dir.path().join("lines.txt");
+    let content: String = (0..100_000).map(|i| format!("line {i:06} of a file\n")).collect();
+    std::fs::write(&file, content).unwrap();
+    let port = server.tcp().port().to_string();
+    let path = file.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        logger(&[
+            "-T",
+            "--octet-count",
+            "-n",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-t",
+            "bulk",
+            "-f",
+            &path,
+        ])
+    })
+    .await
+    .unwrap();
+    let lines = server
+        .wait_lines(Some("127.0.0.1"), 100_000, Duration::from_secs(60))
+        .await;
+    assert_eq!(lines.len(), 100_000);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line.seq, i as u64);
+        // RFC 5424 as logger writes it: "<13>1 TIME HOST bulk - - [timeQuality ...] MSG".
+        let got = text(line);
+        assert!(
+            got.starts_with("<13>1 ") && got.ends_with(&format!("] line {i:06} of a file")),
+            "line {i}: {got}"
+        );
+        assert_eq!(line.flags, Flags::default());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_concurrent_connections_each_arrive_in_order() {
     let server = Server::start("two", Server::options()).await;
     let addr = server.tcp();
