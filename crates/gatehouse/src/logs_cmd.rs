@@ -364,13 +364,13 @@ mod tests {
         );
         assert_eq!(
             parse_time("2026-11-25T04:00:00Z", now, "since"),
-            Ok(1_795_665_600_000_000)
+            Ok(1_795_579_200_000_000)
         );
         assert_eq!(
             parse_time("2026-11-25 04:00:00", now, "since"),
-            Ok(1_795_665_600_000_000)
+            Ok(1_795_579_200_000_000)
         );
-        assert_eq!(parse_time("2026-11-25", now, "until"), Ok(1_795_651_200_000_000));
+        assert_eq!(parse_time("2026-11-25", now, "until"), Ok(1_795_564_800_000_000));
         let err = parse_time("yesterday", now, "since").unwrap_err();
         assert!(
             err.starts_with("--since \"yesterday\" is neither an age nor a time"),
@@ -400,8 +400,8 @@ mod tests {
             segments: 2,
             disk_bytes: 3 * 1024 * 1024,
             lines: 1500,
-            first_us: Some(1_795_665_600_000_000),
-            last_us: Some(1_795_665_660_000_000),
+            first_us: Some(1_795_579_200_000_000),
+            last_us: Some(1_795_579_260_000_000),
         }];
         let sources = [
             json!({"host": "web1", "source": "10.0.0.11", "messages": 1000, "shed": 7, "throttled": 0, "unparsed": 1, "truncated": 0}),
