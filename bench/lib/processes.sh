@@ -1,5 +1,5 @@
 # bench/lib/processes.sh: the processes a benchmark starts, and stopping them.
-# Sourced by bench/proxy.sh, bench/tls.sh and bench/logs.sh once they have made their temp dir
+# Sourced by bench/proxy.sh, bench/tls.sh, bench/logs.sh and bench/backup.sh once they have made their temp dir
 # ($TMP): every process started through `run` or added to PIDS is stopped (with
 # its children) in reverse order when the script exits, also on Ctrl-C or error,
 # and $TMP is removed.

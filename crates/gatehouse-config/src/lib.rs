@@ -5,6 +5,7 @@
 //! byte range it came from so that a complaint found at any stage, even at apply
 //! time on the host, can name `file:line:column`.
 
+mod backup_server;
 mod diagnostic;
 mod log_server;
 mod model;
@@ -17,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Source};
 pub use model::{
-    AccessLog, Admin, Backend, BackendProtocol, BackendTls, Balance, Check, Farm, Gateway, Health, Listen,
-    ListenerTls, Located, LogServer, LogTls, Mode, ProxyOptions, ProxyVersion, Route, Service, Target,
-    Timeouts, UpstreamOptions,
+    AccessLog, Admin, Backend, BackendProtocol, BackendTls, BackupServer, BackupUser, Balance, Check, Farm,
+    Gateway, Health, Listen, ListenerTls, Located, LogServer, LogTls, Mode, ProxyOptions, ProxyVersion,
+    Route, Service, Target, Timeouts, UpstreamOptions,
 };
 
 /// Where the config is looked for when no `-c FILE` is given and

@@ -43,6 +43,37 @@ pub struct Farm {
     pub drain: Duration,
     /// The `[log_server]` section; none when absent.
     pub log_server: Option<LogServer>,
+    /// The `[backup_server]` section; none when absent.
+    pub backup_server: Option<BackupServer>,
+}
+
+/// The `[backup_server]` section: restic's REST protocol over HTTP(S) into
+/// repositories under `dir`.
+#[derive(Debug, Clone)]
+pub struct BackupServer {
+    pub listen: Located<SocketAddr>,
+    pub tls: Option<Arc<gatehouse_tls::Certificate>>,
+    /// Absolute, or made so against the config file's directory.
+    pub dir: Located<PathBuf>,
+    /// Users and their bcrypt or {SHA} hashes; none: no authentication.
+    pub htpasswd: Option<Located<PathBuf>>,
+    /// `/USER/...` belongs to USER alone.
+    pub private_repos: bool,
+    /// Nothing can be deleted but locks (the default for every user).
+    pub append_only: bool,
+    /// Bytes of all repositories together.
+    pub max_size: Option<u64>,
+    pub access_log: Option<AccessLog>,
+    pub users: Vec<BackupUser>,
+}
+
+/// `[backup_server.users.NAME]`.
+#[derive(Debug, Clone)]
+pub struct BackupUser {
+    pub name: Located<String>,
+    pub append_only: Option<bool>,
+    /// Bytes of this user's repositories.
+    pub quota: Option<u64>,
 }
 
 /// The `[log_server]` section: syslog over UDP, TCP and TLS into per-host

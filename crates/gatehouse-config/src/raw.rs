@@ -20,6 +20,30 @@ pub struct File {
     pub admin: Option<Spanned<Admin>>,
     pub serve: Option<Spanned<Serve>>,
     pub log_server: Option<Spanned<LogServer>>,
+    pub backup_server: Option<Spanned<BackupServer>>,
+}
+
+/// `[backup_server]`: restic's REST protocol.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BackupServer {
+    pub listen: Spanned<String>,
+    pub tls: Option<Spanned<CertPair>>,
+    pub dir: Spanned<String>,
+    pub htpasswd: Option<Spanned<String>>,
+    pub private_repos: Option<Spanned<bool>>,
+    pub append_only: Option<Spanned<bool>>,
+    pub max_size: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub users: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<BackupUser>>>>,
+}
+
+/// `[backup_server.users.NAME]`: what differs for one user.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BackupUser {
+    pub append_only: Option<Spanned<bool>>,
+    pub quota: Option<Spanned<String>>,
 }
 
 /// `[log_server]`: syslog in, per-host files out.

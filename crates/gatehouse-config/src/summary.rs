@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Backend, Balance, Check, Farm, LogServer, Mode};
+use crate::model::{Backend, BackupServer, Balance, Check, Farm, LogServer, Mode};
 
 impl Farm {
     pub fn summary(&self) -> String {
@@ -95,8 +95,17 @@ impl Farm {
         if let Some(log) = &self.log_server {
             log_server(&mut out, log);
         }
-        if self.gateway.is_none() && self.services.is_empty() && self.log_server.is_none() {
-            out.push_str("nothing configured: add a [gateway] section, a [[service]] or a [log_server]\n");
+        if let Some(backup) = &self.backup_server {
+            backup_server(&mut out, backup);
+        }
+        if self.gateway.is_none()
+            && self.services.is_empty()
+            && self.log_server.is_none()
+            && self.backup_server.is_none()
+        {
+            out.push_str(
+                "nothing configured: add a [gateway] section, a [[service]], a [log_server] or a [backup_server]\n",
+            );
         }
         for s in &self.services {
             let check = match &s.health.check {
@@ -168,6 +177,40 @@ fn log_server(out: &mut String, log: &LogServer) {
     );
     for (address, name) in &log.hosts {
         let _ = writeln!(out, "         {} is {}", address.value, name.value);
+    }
+}
+
+fn backup_server(out: &mut String, backup: &BackupServer) {
+    let scheme = if backup.tls.is_some() { "https" } else { "http" };
+    let mut what = vec![format!("into {}", backup.dir.value.display())];
+    what.push(match &backup.htpasswd {
+        Some(path) => format!("users from {}", path.value.display()),
+        None => "no authentication".to_owned(),
+    });
+    if backup.private_repos {
+        what.push("private repositories".into());
+    }
+    if backup.append_only {
+        what.push("append-only".into());
+    }
+    if let Some(size) = backup.max_size {
+        what.push(format!("up to {}", bytesize::ByteSize::b(size).display().iec()));
+    }
+    let _ = writeln!(
+        out,
+        "backups  restic REST on {scheme}://{}/, {}",
+        backup.listen.value,
+        what.join(", ")
+    );
+    for user in &backup.users {
+        let mut rules = Vec::new();
+        if let Some(append_only) = user.append_only {
+            rules.push(if append_only { "append-only" } else { "may delete" }.to_owned());
+        }
+        if let Some(quota) = user.quota {
+            rules.push(format!("quota {}", bytesize::ByteSize::b(quota).display().iec()));
+        }
+        let _ = writeln!(out, "         user {}: {}", user.name.value, rules.join(", "));
     }
 }
 

@@ -52,6 +52,10 @@ pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
     if let Some(log_server) = &log_server {
         v.log_ports_free(log_server, &services, admin.as_ref());
     }
+    let backup_server = file.backup_server.and_then(|b| v.backup_server(b));
+    if let Some(backup) = &backup_server {
+        v.backup_port_free(backup, &services, admin.as_ref(), log_server.as_ref());
+    }
     if let Some(admin) = &admin
         && let Some(clash) = services
             .iter()
@@ -76,6 +80,7 @@ pub fn farm(source: Arc<Source>, file: raw::File) -> Result<Farm, Diagnostics> {
             admin,
             drain,
             log_server,
+            backup_server,
         })
     } else {
         v.errors.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
@@ -579,7 +584,7 @@ impl Validator {
         options
     }
 
-    fn access_log(&mut self, raw: Spanned<String>) -> Option<AccessLog> {
+    pub(crate) fn access_log(&mut self, raw: Spanned<String>) -> Option<AccessLog> {
         let text = raw.get_ref().as_str();
         if text == "stdout" {
             return Some(AccessLog::Stdout);

@@ -334,22 +334,10 @@ fn system_time(us: i64) -> SystemTime {
 
 /// The year for a 3164 timestamp (which has none) received at `received_us`.
 fn year_guess(received_us: i64) -> impl FnOnce((u32, u32, u32, u32, u32)) -> i32 + Copy {
-    let (year, month, _) = civil_from_days(received_us.max(0) / 86_400_000_000);
+    use chrono::Datelike;
+    let received = chrono::DateTime::from_timestamp_micros(received_us.max(0)).unwrap_or_default();
+    let (year, month) = (received.year(), received.month());
     move |(header_month, ..)| if header_month > month + 1 { year - 1 } else { year }
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i32, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-    (year, month, day)
 }
 
 /// Appends `text` with control characters (C0, DEL, C1) as `\xNN`.
@@ -557,10 +545,16 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(RECEIVED / 86_400_000_000), (2026, 11, 25));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    fn a_3164_date_gets_the_year_it_was_most_likely_sent_in() {
+        // Received 2026-11-25: November is this year, a January header
+        // too (a slightly fast clock), a December one last year's.
+        let guess = year_guess(RECEIVED);
+        assert_eq!(guess((11, 25, 4, 19, 26)), 2026);
+        assert_eq!(guess((12, 31, 23, 59, 59)), 2026);
+        // Received 2027-01-04: a December header is from the year before.
+        let january = year_guess(RECEIVED + 40 * 86_400_000_000);
+        assert_eq!(january((12, 31, 23, 0, 0)), 2026);
+        assert_eq!(january((1, 4, 0, 0, 0)), 2027);
     }
 
     #[test]

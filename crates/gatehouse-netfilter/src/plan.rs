@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 
-use gatehouse_config::{Balance, Farm, Gateway, LogServer, Service};
+use gatehouse_config::{Balance, Farm, Gateway, Service};
 use ipnet::IpNet;
 
 use crate::ir::{
@@ -61,7 +61,7 @@ pub fn ruleset_in_rotation(farm: &Farm, live: &LiveMaps, rotation: &InRotation) 
     let proxy_services: Vec<&Service> = farm.proxy_services().collect();
     Ruleset {
         chains: vec![
-            input(gateway, &proxy_services, farm.log_server.as_ref()),
+            input(gateway, &proxy_services, farm),
             forward(gateway),
             prerouting(gateway, &nat_services),
             postrouting(gateway, !nat_services.is_empty()),
@@ -80,7 +80,7 @@ fn replies_first() -> Vec<Rule> {
     ]
 }
 
-fn input(g: &Gateway, proxy_services: &[&Service], log: Option<&LogServer>) -> Chain {
+fn input(g: &Gateway, proxy_services: &[&Service], farm: &Farm) -> Chain {
     let wan = vec![g.wan.value.clone()];
     let lan = vec![g.lan.value.clone()];
     let mut rules = replies_first();
@@ -147,27 +147,36 @@ fn input(g: &Gateway, proxy_services: &[&Service], log: Option<&LogServer>) -> C
             rules.push(Rule::new(matches, Action::Accept).comment(format!("service {}{what}", s.name.value)));
         }
     }
-    // Syslog comes from the web servers, on the LAN; never from the internet.
-    if let Some(log) = log {
-        let listeners = [
-            (log.udp.as_ref(), false, "udp"),
-            (log.tcp.as_ref(), true, "tcp"),
-            (log.tls.as_ref().map(|t| &t.listen), true, "tls"),
-        ];
-        for (listen, tcp, what) in listeners {
-            let Some(listen) = listen else { continue };
-            let port = vec![listen.port()];
-            let mut matches = vec![Match::Iif(lan.clone())];
-            if !listen.ip().is_unspecified() {
-                matches.push(Match::Daddr(listen.ip()));
-            }
-            matches.push(if tcp {
-                Match::TcpDport(port)
-            } else {
-                Match::UdpDport(port)
-            });
-            rules.push(Rule::new(matches, Action::Accept).comment(format!("log_server {what} from the lan")));
+    // Syslog and backups come from the web servers, on the LAN; never from
+    // the internet.
+    let log = farm.log_server.as_ref();
+    let listeners = [
+        (log.and_then(|l| l.udp.as_ref()), false, "log_server udp"),
+        (log.and_then(|l| l.tcp.as_ref()), true, "log_server tcp"),
+        (
+            log.and_then(|l| l.tls.as_ref()).map(|t| &t.listen),
+            true,
+            "log_server tls",
+        ),
+        (
+            farm.backup_server.as_ref().map(|b| &b.listen),
+            true,
+            "backup_server",
+        ),
+    ];
+    for (listen, tcp, what) in listeners {
+        let Some(listen) = listen else { continue };
+        let port = vec![listen.port()];
+        let mut matches = vec![Match::Iif(lan.clone())];
+        if !listen.ip().is_unspecified() {
+            matches.push(Match::Daddr(listen.ip()));
         }
+        matches.push(if tcp {
+            Match::TcpDport(port)
+        } else {
+            Match::UdpDport(port)
+        });
+        rules.push(Rule::new(matches, Action::Accept).comment(format!("{what} from the lan")));
     }
     Chain {
         hook: Hook::Input,

@@ -42,9 +42,10 @@ enum Message {
     Reopen(AccessLog),
 }
 
-/// Where a service's requests send their lines; cheap to clone.
+/// Where a service's requests send their lines (and the backup server's, through
+/// serve); cheap to clone.
 #[derive(Clone)]
-pub(crate) struct LogSink {
+pub struct LogSink {
     queue: mpsc::Sender<Message>,
     dropped: Arc<AtomicU64>,
 }
@@ -57,7 +58,7 @@ impl std::fmt::Debug for LogSink {
 
 impl LogSink {
     /// Start the writer thread; it ends when the last clone is dropped.
-    pub(crate) fn start(target: &AccessLog, service: &str) -> io::Result<LogSink> {
+    pub fn start(target: &AccessLog, service: &str) -> io::Result<LogSink> {
         let (queue, lines) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = Writer {
@@ -72,7 +73,7 @@ impl LogSink {
         Ok(LogSink { queue, dropped })
     }
 
-    pub(crate) fn send(&self, line: String) {
+    pub fn send(&self, line: String) {
         if self.queue.try_send(Message::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -80,7 +81,7 @@ impl LogSink {
 
     /// Waits for room rather than dropping: a reload is rare and must land
     /// (on a helper thread, as this may be called from async code).
-    pub(crate) fn reopen(&self, target: &AccessLog) {
+    pub fn reopen(&self, target: &AccessLog) {
         if let Err(mpsc::error::TrySendError::Full(message)) =
             self.queue.try_send(Message::Reopen(target.clone()))
         {

@@ -53,9 +53,9 @@ use gatehouse_config::{Mode, Service};
 use gatehouse_health::{Metrics, Pool};
 use tokio::task::JoinHandle;
 
+pub use crate::access_log::LogSink;
 pub use crate::redirect::Redirect;
 
-use crate::access_log::LogSink;
 use crate::listener::Shared;
 use crate::settings::Settings;
 

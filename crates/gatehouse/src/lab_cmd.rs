@@ -213,8 +213,9 @@ fn up(args: UpArgs) -> Result<ExitCode> {
 
 /// Part 2 of the seed: the gateway keeps every web server's access log (the
 /// lab's nginx send theirs over syslog to the gateway's LAN address), each
-/// line prefixed with its server's name. Serve runs it; `lab up` only
-/// applies the firewall, which lets it in from the LAN.
+/// line prefixed with its server's name, and their backups (restic over the
+/// REST protocol). Serve runs both; `lab up` only applies the firewall,
+/// which lets them in from the LAN.
 fn log_server_config(backends: usize, run_dir: &Path) -> String {
     let hosts: Vec<String> = (1..=backends)
         .map(|k| format!("\"{}\" = \"web{k}\"", web_addr(k)))
@@ -224,10 +225,17 @@ fn log_server_config(backends: usize, run_dir: &Path) -> String {
          [log_server]\n\
          udp = \"{}:514\"\n\
          dir = \"{}\"\n\
-         hosts = {{ {} }}\n",
+         hosts = {{ {} }}\n\
+         \n# ... and a copy of every web server: restic backs up to the gateway.\n\
+         [backup_server]\n\
+         listen = \"{}:8000\"\n\
+         dir = \"{}\"\n\
+         append_only = true\n",
         gatehouse_lab::GATEWAY_LAN_ADDR,
         run_dir.join("logs").display(),
-        hosts.join(", ")
+        hosts.join(", "),
+        gatehouse_lab::GATEWAY_LAN_ADDR,
+        run_dir.join("backups").display(),
     )
 }
 
@@ -302,10 +310,13 @@ fn summary(lab: &Lab, config: &Path, state_dir: &Path, applied: bool, down: &str
          \x20 ip netns exec {gw} nft list table inet gatehouse\n\
          \x20 gatehouse --netns {gw} --state-dir {state} serve -c {c}     # health checks keep dead servers out\n\
          \x20 gatehouse logs -c {c} -f     # with serve running: each web server's access log, prefixed\n\
+         \x20 ip netns exec {web1} restic -r rest:http://{lan}:8000/web1/www init     # with serve running; RESTIC_PASSWORD set\n\
          \x20 gatehouse lab status\n\
          \x20 {down}\n",
         client = lab.client_ns(),
         state = state_dir.display(),
+        web1 = lab.web_ns(1),
+        lan = gatehouse_lab::GATEWAY_LAN_ADDR,
     ));
     s
 }
@@ -425,6 +436,9 @@ mod tests {
         );
         let farm = gatehouse_config::Farm::parse("lab.toml", &(farm_config(3) + &text)).expect("valid");
         assert_eq!(farm.log_server.expect("log_server").hosts.len(), 3);
+        let backup = farm.backup_server.expect("backup_server");
+        assert_eq!(backup.listen.to_string(), "10.0.0.1:8000");
+        assert!(backup.append_only);
     }
 
     #[test]

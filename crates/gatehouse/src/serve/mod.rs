@@ -11,6 +11,7 @@
 //! any failure leaves the running farm exactly as it was.
 
 mod admin;
+mod backups;
 mod kernel;
 mod log_api;
 mod logs;
@@ -23,6 +24,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use gatehouse_backupd::BackupMetrics;
 use gatehouse_config::{Farm, LoadError, Mode, Service};
 use gatehouse_health::{Metrics, Pool};
 use gatehouse_logd::ingest::IngestStats;
@@ -51,6 +53,8 @@ pub struct View {
     pub logs: Option<std::path::PathBuf>,
     /// Per-sender counters of the log server (kept across reloads).
     pub log_stats: Arc<IngestStats>,
+    /// The backup server's directory, when there is one.
+    pub backups: Option<std::path::PathBuf>,
 }
 
 pub struct ServiceView {
@@ -173,6 +177,8 @@ struct Supervisor {
     draining: Vec<JoinHandle<()>>,
     logs: Option<logs::Running>,
     log_stats: Arc<IngestStats>,
+    backups: Option<backups::Running>,
+    backup_metrics: Arc<BackupMetrics>,
 }
 
 impl Supervisor {
@@ -180,6 +186,8 @@ impl Supervisor {
         let metrics = Arc::new(Metrics::new());
         let log_stats = IngestStats::new();
         metrics.register_collector(log_stats.collector());
+        let backup_metrics = BackupMetrics::new();
+        metrics.register_collector(backup_metrics.collector());
         let (reload_sender, reloads) = mpsc::channel(4);
         let view = Arc::new(RwLock::new(View {
             config: path.clone(),
@@ -188,6 +196,7 @@ impl Supervisor {
             services: Vec::new(),
             logs: None,
             log_stats: log_stats.clone(),
+            backups: None,
         }));
         let mut supervisor = Supervisor {
             path,
@@ -202,6 +211,8 @@ impl Supervisor {
             draining: Vec::new(),
             logs: None,
             log_stats,
+            backups: None,
+            backup_metrics,
         };
         match supervisor.install(farm).await {
             Ok(()) => {}
@@ -215,7 +226,12 @@ impl Supervisor {
             "serving: {proxied} proxied service{} and {nat} nat service{}{}{}",
             if proxied == 1 { "" } else { "s" },
             if nat == 1 { "" } else { "s" },
-            if supervisor.logs.is_some() { ", the log server" } else { "" },
+            match (supervisor.logs.is_some(), supervisor.backups.is_some()) {
+                (true, true) => ", the log server, the backup server",
+                (true, false) => ", the log server",
+                (false, true) => ", the backup server",
+                (false, false) => "",
+            },
             supervisor
                 .admin
                 .as_ref()
@@ -390,13 +406,37 @@ impl Supervisor {
             (_, None) => None,
         };
         if let Some(e) = log_failure {
-            stop_all(&mut fresh).await;
-            if let Some((_, task)) = new_admin {
-                task.abort();
-            }
+            self.abandon(&mut fresh, new_admin, (None, false), (None, false))
+                .await;
             return Err(InstallError::Failed(e));
         }
-        // 4. The kernel table, in one transaction (a no-op when unchanged).
+        // 4. The backup server: a new one when it is new or moves (bound
+        //    before the old one stops), else new users and limits in place.
+        let mut backup_started = None;
+        let mut backup_reconfigured = false;
+        let backup_failure = match (&mut self.backups, &farm.backup_server) {
+            (Some(running), Some(config)) if running.same_place(config) => running
+                .reconfigure(config)
+                .map(|()| backup_reconfigured = true)
+                .err(),
+            (Some(running), Some(config)) if running.same_listen(config) => Some(anyhow::anyhow!(
+                "backup_server dir changed from {} to {} on the same listener: the repositories move \
+                 only at a restart of serve (move them, then restart), so the reload is refused",
+                running.config.dir.value.display(),
+                config.dir.value.display()
+            )),
+            (_, Some(config)) => backups::start(config, &self.backup_metrics)
+                .await
+                .map(|running| backup_started = Some(running))
+                .err(),
+            (_, None) => None,
+        };
+        if let Some(e) = backup_failure {
+            let log = (log_started, log_reconfigured);
+            self.abandon(&mut fresh, new_admin, log, (None, false)).await;
+            return Err(InstallError::Failed(e.context("backup_server")));
+        }
+        // 5. The kernel table, in one transaction (a no-op when unchanged).
         if farm.gateway.is_some() {
             // Maps as health left them: an unchanged file then changes nothing.
             let rotation: InRotation = farm
@@ -433,24 +473,30 @@ impl Supervisor {
                 Err(e) => Some(e),
             };
             if let Some(failure) = failure {
-                stop_all(&mut fresh).await;
-                if let Some((_, task)) = new_admin {
-                    task.abort();
-                }
-                if let Some(started) = log_started {
-                    started.stop().await;
-                }
-                if log_reconfigured
-                    && let (Some(running), Some(config)) = (&mut self.logs, &self.farm.log_server)
-                    && let Err(e) = running.reconfigure(config).await
-                {
-                    tracing::error!("log server: cannot take its previous config back: {e:#}");
-                }
+                let log = (log_started, log_reconfigured);
+                let backup = (backup_started, backup_reconfigured);
+                self.abandon(&mut fresh, new_admin, log, backup).await;
                 return Err(failure);
             }
         }
 
         // Nothing can fail from here on: swap the new farm in.
+        if let Some(started) = backup_started {
+            if let Some(moved) = self.backups.replace(started) {
+                tracing::info!(
+                    "backup server moved to {}; stopping the old listener",
+                    farm.backup_server
+                        .as_ref()
+                        .map_or(String::new(), |b| b.listen.value.to_string())
+                );
+                moved.stop().await;
+            }
+        } else if farm.backup_server.is_none()
+            && let Some(removed) = self.backups.take()
+        {
+            tracing::info!("backup server removed from the file; stopping it");
+            removed.stop().await;
+        }
         if let Some(started) = log_started {
             self.logs = Some(started);
         } else if farm.log_server.is_none()
@@ -548,6 +594,40 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Undo what a failed install started or changed before it failed: new
+    /// proxies and admin listener, a started log or backup server (each
+    /// `(started, reconfigured)`), or one given the new file's settings.
+    async fn abandon(
+        &mut self,
+        fresh: &mut HashMap<String, (Arc<Server>, Vec<Arc<Pool>>)>,
+        admin: Option<(SocketAddr, JoinHandle<()>)>,
+        log: (Option<logs::Running>, bool),
+        backup: (Option<backups::Running>, bool),
+    ) {
+        stop_all(fresh).await;
+        if let Some((_, task)) = admin {
+            task.abort();
+        }
+        if let Some(started) = log.0 {
+            started.stop().await;
+        }
+        if let Some(started) = backup.0 {
+            started.stop().await;
+        }
+        if log.1
+            && let (Some(running), Some(config)) = (&mut self.logs, &self.farm.log_server)
+            && let Err(e) = running.reconfigure(config).await
+        {
+            tracing::error!("log server: cannot take its previous config back: {e:#}");
+        }
+        if backup.1
+            && let (Some(running), Some(config)) = (&mut self.backups, &self.farm.backup_server)
+            && let Err(e) = running.reconfigure(config)
+        {
+            tracing::error!("backup server: cannot take its previous config back: {e:#}");
+        }
+    }
+
     fn publish(&self) {
         let services = self
             .services
@@ -561,6 +641,7 @@ impl Supervisor {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         view.services = services;
         view.logs = self.logs.as_ref().map(|l| l.config.dir.value.clone());
+        view.backups = self.backups.as_ref().map(|b| b.config.dir.value.clone());
     }
 
     /// SIGTERM: stop accepting everywhere, let requests in flight finish
@@ -582,6 +663,9 @@ impl Supervisor {
         }
         for wait in waits.into_iter().chain(self.draining.drain(..)) {
             let _ = wait.await;
+        }
+        if let Some(backups) = self.backups.take() {
+            backups.stop().await;
         }
         if let Some(logs) = self.logs.take() {
             logs.stop().await;
