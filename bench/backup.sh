@@ -147,7 +147,6 @@ RESTIC=(taskset -c "$CLIENT_CPU" restic)
 
 # ---------------------------------------------------------------- measuring
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } # utime + stime
 # Per-core jiffies, "cpuN busy steal total ..." for every core (as in tls.sh).
 cores_snapshot() {
     awk '$1 ~ /^cpu[0-9]+$/ { t = 0; for (i = 2; i <= 9; i++) t += $i; printf "%s %d %d %d ", $1, t - $5 - $6 - $9, $9, t }' /proc/stat

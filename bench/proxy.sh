@@ -235,7 +235,6 @@ EOF
 
 # ---------------------------------------------------------------- measuring
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } # utime + stime
 # Per-core jiffies, "cpuN busy steal total ..." for every core (busy = neither
 # idle, iowait nor stolen by the hypervisor; guest time is already in user).
 cores_snapshot() {

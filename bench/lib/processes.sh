@@ -93,3 +93,7 @@ find_gatehouse() {
     fi
     [[ -z $GH_PROBLEM ]] || echo "$what: error: gatehouse cannot be measured: $GH_PROBLEM; measuring the others" >&2
 }
+
+# cpu_ticks PID: its CPU time so far (utime + stime, in clock ticks), from
+# /proc/PID/stat past the command name (which may hold spaces).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }

@@ -237,15 +237,20 @@ async fn get(
         set(&mut response, header::CONTENT_LENGTH, &size.to_string());
         return Ok(response);
     }
-    let Some(_) = object else {
-        let mut response = Response::new(ResponseBody::file(
+    // The whole file as it is: config always (rest-server ignores Range
+    // there), an object when no range is asked for.
+    let whole = |file| {
+        Response::new(ResponseBody::file(
             file,
             vec![Piece::File {
                 offset: 0,
                 length: size,
             }],
             size,
-        ));
+        ))
+    };
+    let Some(_) = object else {
+        let mut response = whole(file);
         set_length(&mut response);
         return Ok(response);
     };
@@ -254,14 +259,7 @@ async fn get(
     let range = request.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let mut response = match range::plan(range, size) {
         Plan::Whole => {
-            let mut response = Response::new(ResponseBody::file(
-                file,
-                vec![Piece::File {
-                    offset: 0,
-                    length: size,
-                }],
-                size,
-            ));
+            let mut response = whole(file);
             set(&mut response, header::CONTENT_TYPE, "application/octet-stream");
             response
         }
@@ -435,7 +433,9 @@ async fn receive(
     ) -> Result<store::Writer, io::Error> {
         match pending.take() {
             Some(handle) => handle.await.map_err(io::Error::other)?,
-            None => Ok(idle.take().expect("a writer is idle when none is pending")),
+            None => idle
+                .take()
+                .ok_or_else(|| io::Error::other("no writer: neither idle nor pending")),
         }
     }
     loop {

@@ -93,7 +93,7 @@ impl Htpasswd {
             return false;
         };
         let key = cache_key(user, password);
-        if self.verified.lock().unwrap().contains(&key) {
+        if crate::sync::lock(&self.verified).contains(&key) {
             return true;
         }
         let ok = match hash {
@@ -104,7 +104,7 @@ impl Htpasswd {
             }
         };
         if ok {
-            let mut verified = self.verified.lock().unwrap();
+            let mut verified = crate::sync::lock(&self.verified);
             if verified.len() >= CACHE_LIMIT {
                 verified.clear();
             }
@@ -115,7 +115,7 @@ impl Htpasswd {
 
     /// Whether the password would be answered from memory (no bcrypt needed).
     pub fn is_cached(&self, user: &str, password: &str) -> bool {
-        self.verified.lock().unwrap().contains(&cache_key(user, password))
+        crate::sync::lock(&self.verified).contains(&cache_key(user, password))
     }
 }
 

@@ -15,6 +15,7 @@ mod range;
 mod repos;
 mod server;
 mod store;
+mod sync;
 mod usage;
 
 pub use metrics::{BackupMetrics, RepoStats};

@@ -48,7 +48,7 @@ impl BackupMetrics {
     /// The counters of one user (`-` without authentication) and repository.
     pub(crate) fn repo(&self, user: &str, repo: &str) -> Arc<RepoCounters> {
         let user = if user.is_empty() { "-" } else { user };
-        let mut repos = self.repos.lock().unwrap();
+        let mut repos = crate::sync::lock(&self.repos);
         repos
             .entry((user.to_string(), repo.to_string()))
             .or_default()
@@ -56,12 +56,12 @@ impl BackupMetrics {
     }
 
     pub(crate) fn request(&self, code: u16) {
-        *self.requests.lock().unwrap().entry(code).or_default() += 1;
+        *crate::sync::lock(&self.requests).entry(code).or_default() += 1;
     }
 
     /// Every user and repository seen, sorted by user then repository.
     pub fn snapshot(&self) -> Vec<RepoStats> {
-        let repos = self.repos.lock().unwrap();
+        let repos = crate::sync::lock(&self.repos);
         let mut stats: Vec<RepoStats> = repos
             .iter()
             .map(|((user, repo), c)| RepoStats {
@@ -81,7 +81,7 @@ impl BackupMetrics {
 
     /// Requests answered, by status code.
     pub fn requests(&self) -> BTreeMap<u16, u64> {
-        self.requests.lock().unwrap().clone()
+        crate::sync::lock(&self.requests).clone()
     }
 
     /// The metrics, for the server's registry.

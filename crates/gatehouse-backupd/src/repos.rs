@@ -53,26 +53,12 @@ pub fn repositories(dir: &Path) -> io::Result<Vec<RepoInfo>> {
 fn measure(repo: &Path) -> io::Result<(u64, Option<SystemTime>)> {
     let mut bytes = 0;
     let mut last: Option<SystemTime> = None;
-    let mut stack = vec![repo.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(error),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                bytes += meta.len();
-                if let Ok(modified) = meta.modified() {
-                    last = Some(last.map_or(modified, |last| last.max(modified)));
-                }
-            }
+    crate::usage::walk_files(repo, |meta| {
+        bytes += meta.len();
+        if let Ok(modified) = meta.modified() {
+            last = Some(last.map_or(modified, |last| last.max(modified)));
         }
-    }
+    })?;
     Ok((bytes, last))
 }
 

@@ -54,7 +54,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn live(&self) -> Arc<Live> {
-        self.live.read().unwrap().clone()
+        crate::sync::read(&self.live).clone()
     }
 }
 
@@ -118,7 +118,6 @@ impl BackupServer {
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
-        tracing::info!(%local_addr, "backup server listening");
         Ok(BackupServer {
             shared,
             local_addr,
@@ -155,7 +154,7 @@ impl BackupServer {
             ));
         }
         let live = Live::load(options)?;
-        *self.shared.live.write().unwrap() = Arc::new(live);
+        *crate::sync::write(&self.shared.live) = Arc::new(live);
         Ok(())
     }
 

@@ -116,13 +116,21 @@ impl Writer {
     }
 }
 
+/// `path::split` only makes object paths inside a repository; anything
+/// else reaching the store is a bug, answered with an error, not a panic.
+fn not_an_object(target: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{} is not an object path", target.display()),
+    )
+}
+
 /// Opens a temp file beside `target`, creating the directory if missing (as rest-server does).
 pub fn begin(target: &Path) -> io::Result<(TempFile, Writer)> {
-    let dir = target.parent().expect("an object path has a parent");
-    let name = target
-        .file_name()
-        .expect("an object path has a name")
-        .to_string_lossy();
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(not_an_object(target));
+    };
+    let name = name.to_string_lossy();
     let path = dir.join(format!(".{name}.tmp-{:016x}", random()));
     let open = || {
         std::fs::OpenOptions::new()
@@ -190,7 +198,7 @@ pub fn commit(
         }
         // The temp name goes when `temp` drops; the data stays under the real name.
     }
-    let dir = target.parent().expect("an object path has a parent");
+    let dir = target.parent().ok_or_else(|| not_an_object(target))?;
     File::open(dir)?.sync_all()?;
     Ok(())
 }

@@ -54,18 +54,18 @@ impl Usage {
     /// Bytes under one top-level directory.
     #[cfg(test)]
     pub fn of(&self, top: &str) -> u64 {
-        self.inner.lock().unwrap().top.get(top).copied().unwrap_or(0)
+        crate::sync::lock(&self.inner).top.get(top).copied().unwrap_or(0)
     }
 
     /// Whether `bytes` more would still fit, without charging them.
     pub fn fits(&self, top: &str, bytes: u64, limits: Limits) -> bool {
-        let counts = self.inner.lock().unwrap();
+        let counts = crate::sync::lock(&self.inner);
         counts.fits(top, bytes, limits)
     }
 
     /// Charges `bytes` to `top` if they fit; false (and nothing charged) if not.
     pub fn charge(&self, top: &str, bytes: u64, limits: Limits) -> bool {
-        let mut counts = self.inner.lock().unwrap();
+        let mut counts = crate::sync::lock(&self.inner);
         if !counts.fits(top, bytes, limits) {
             return false;
         }
@@ -76,7 +76,7 @@ impl Usage {
 
     /// Gives bytes back (a delete, or an upload that failed).
     pub fn release(&self, top: &str, bytes: u64) {
-        let mut counts = self.inner.lock().unwrap();
+        let mut counts = crate::sync::lock(&self.inner);
         counts.total = counts.total.saturating_sub(bytes);
         if let Some(used) = counts.top.get_mut(top) {
             *used = used.saturating_sub(bytes);
@@ -100,6 +100,13 @@ impl Counts {
 /// Bytes of the files under a directory (symbolic links are not followed).
 pub fn tree_size(dir: &Path) -> io::Result<u64> {
     let mut total = 0;
+    walk_files(dir, |meta| total += meta.len())?;
+    Ok(total)
+}
+
+/// Calls `each` with the metadata of every regular file under `dir`
+/// (symbolic links are not followed; what vanishes meanwhile is skipped).
+pub fn walk_files(dir: &Path, mut each: impl FnMut(&std::fs::Metadata)) -> io::Result<()> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
@@ -118,11 +125,11 @@ pub fn tree_size(dir: &Path) -> io::Result<u64> {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else if meta.is_file() {
-                total += meta.len();
+                each(&meta);
             }
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,5 +19,6 @@ pub mod query;
 pub mod store;
 
 mod batch;
+mod sync;
 
 pub use batch::{Batch, Entry, Flags, Line};

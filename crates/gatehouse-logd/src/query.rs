@@ -246,7 +246,8 @@ impl Filter<'_> {
 /// unsure: the pattern as written is checked against its own literals, so flags set outside it
 /// (a case-insensitive builder, ignored whitespace) turn the filter off rather than hide matches.
 fn required_literals(re: &Regex) -> Option<Vec<Vec<u8>>> {
-    let mut branches = vec![String::new()];
+    let mut branches = Vec::new();
+    let mut branch = String::new();
     let mut chars = re.as_str().chars();
     while let Some(c) = chars.next() {
         match c {
@@ -255,13 +256,14 @@ fn required_literals(re: &Regex) -> Option<Vec<Vec<u8>>> {
                 if !e.is_ascii_punctuation() {
                     return None;
                 }
-                branches.last_mut().unwrap().push(e);
+                branch.push(e);
             }
-            '|' => branches.push(String::new()),
+            '|' => branches.push(std::mem::take(&mut branch)),
             '.' | '^' | '$' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '#' => return None,
-            c => branches.last_mut().unwrap().push(c),
+            c => branch.push(c),
         }
     }
+    branches.push(branch);
     for b in &branches {
         if b.len() < 3 || !re.is_match(b.as_bytes()) {
             return None;
@@ -349,16 +351,23 @@ fn plan_host(
                 && h.flen > 0
             {
                 // The block's filter first: for a rare word, most blocks stop here.
-                if file.is_none() {
-                    file = match File::open(&path) {
-                        Ok(f) => Some(f),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-                    };
-                    counters.segments_opened.fetch_add(1, Ordering::Relaxed);
-                }
+                let opened = match file.take() {
+                    Some(f) => f,
+                    None => {
+                        let f = match File::open(&path) {
+                            Ok(f) => f,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                            Err(e) => {
+                                return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                            }
+                        };
+                        counters.segments_opened.fetch_add(1, Ordering::Relaxed);
+                        f
+                    }
+                };
+                let f = file.insert(opened);
                 bits.resize(h.flen as usize, 0);
-                match file.as_ref().unwrap().read_exact_at(&mut bits, block.body()) {
+                match f.read_exact_at(&mut bits, block.body()) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
                     Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
@@ -384,8 +393,7 @@ fn plan_host(
         .into_iter()
         .filter(|r| filter.in_range(r.received_us))
         .collect();
-    if !records.is_empty() {
-        let min = records.iter().map(|r| r.received_us).min().unwrap();
+    if let Some(min) = records.iter().map(|r| r.received_us).min() {
         keys.push(key.max(min));
         jobs.push(Job::Wal {
             buf: Arc::new(wal_buf),
@@ -511,16 +519,17 @@ impl Reader {
                 }
             }
             Job::Block { path, block } => {
-                if !self.file.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, path)) {
-                    self.file = None;
-                    match File::open(&**path) {
-                        Ok(f) => self.file = Some((path.clone(), f)),
+                let file = match self.file.take() {
+                    Some((p, f)) if Arc::ptr_eq(&p, path) => &self.file.insert((p, f)).1,
+                    _ => match File::open(&**path) {
+                        Ok(f) => {
+                            counters.segments_opened.fetch_add(1, Ordering::Relaxed);
+                            &self.file.insert((path.clone(), f)).1
+                        }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
                         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-                    }
-                    counters.segments_opened.fetch_add(1, Ordering::Relaxed);
-                }
-                let file = &self.file.as_ref().unwrap().1;
+                    },
+                };
                 let h = &block.header;
                 self.compressed.resize(block.body_len(), 0);
                 match file.read_exact_at(&mut self.compressed, block.body()) {
@@ -642,12 +651,14 @@ pub fn search_stats(
     if let Some(visited) = visited {
         // Stopped early: a cursor only past what was given.
         for (plan, seen) in plans.iter().zip(visited) {
-            let c = next.hosts.get_mut(&*plan.host).unwrap();
-            *c = HostCursor {
-                next_seq: seen.unwrap_or(plan.min_seq).max(plan.min_seq),
-                hint: None,
-                fingerprint: None,
-            };
+            next.hosts.insert(
+                plan.host.to_string(),
+                HostCursor {
+                    next_seq: seen.unwrap_or(plan.min_seq).max(plan.min_seq),
+                    hint: None,
+                    fingerprint: None,
+                },
+            );
         }
     }
     Ok((next, counters.stats()))
@@ -705,13 +716,13 @@ fn run_merge(
                 let mut reader = match Reader::new() {
                     Ok(r) => r,
                     Err(e) => {
-                        let mut s = sched.lock().unwrap();
+                        let mut s = crate::sync::lock(&sched);
                         s.error.get_or_insert(e);
                         cv.notify_all();
                         return;
                     }
                 };
-                let mut s = sched.lock().unwrap();
+                let mut s = crate::sync::lock(&sched);
                 loop {
                     if s.stop {
                         return;
@@ -731,7 +742,7 @@ fn run_merge(
                         return;
                     }
                     let Some((_, h)) = best else {
-                        s = cv.wait(s).unwrap();
+                        s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
                         continue;
                     };
                     let j = s.next_take[h];
@@ -739,7 +750,7 @@ fn run_merge(
                     drop(s);
                     let plan = &plans[h];
                     let res = reader.run(&plan.host, &plan.jobs[j], plan.min_seq, filter, counters);
-                    s = sched.lock().unwrap();
+                    s = crate::sync::lock(&sched);
                     match res {
                         Ok(lines) => {
                             s.results.insert((h, j), lines);
@@ -754,7 +765,7 @@ fn run_merge(
             });
         }
         let mut fetch = |h: usize, j: usize| {
-            let mut s = sched.lock().unwrap();
+            let mut s = crate::sync::lock(&sched);
             loop {
                 if let Some(lines) = s.results.remove(&(h, j)) {
                     s.consumed[h] = j + 1;
@@ -764,11 +775,11 @@ fn run_merge(
                 if let Some(e) = s.error.take() {
                     return Err(e);
                 }
-                s = cv.wait(s).unwrap();
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
             }
         };
         let res = merge(&job_counts, &mut fetch, visit);
-        let mut s = sched.lock().unwrap();
+        let mut s = crate::sync::lock(&sched);
         s.stop = true;
         cv.notify_all();
         drop(s);
@@ -798,8 +809,11 @@ fn merge(
                 best = Some((l.received_us, h));
             }
         }
+        // `best` names a host whose queue has a front line.
         let Some((_, h)) = best else { return Ok(None) };
-        let line = heads[h].pop_front().unwrap();
+        let Some(line) = heads[h].pop_front() else {
+            return Ok(None);
+        };
         seen[h] = Some(line.seq + 1);
         if visit(&line).is_break() {
             return Ok(Some(seen));
@@ -846,7 +860,7 @@ fn run_last(
                         Err(e) => {
                             let h = next.fetch_add(1, Ordering::Relaxed);
                             if h < plans.len() {
-                                *slots[h].lock().unwrap() = Some(Err(e));
+                                *crate::sync::lock(&slots[h]) = Some(Err(e));
                             }
                             return;
                         }
@@ -856,14 +870,18 @@ fn run_last(
                         if h >= plans.len() {
                             return;
                         }
-                        *slots[h].lock().unwrap() = Some(tail(&plans[h], &mut reader));
+                        *crate::sync::lock(&slots[h]) = Some(tail(&plans[h], &mut reader));
                     }
                 });
             }
         });
         slots
             .into_iter()
-            .map(|s| s.into_inner().unwrap().unwrap_or_else(|| Ok(Vec::new())))
+            .map(|s| {
+                s.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(|| Ok(Vec::new()))
+            })
             .collect()
     };
     let mut per_host = per_host.into_iter().collect::<io::Result<Vec<Vec<Line>>>>()?;

@@ -71,7 +71,7 @@ const PRUNE_AT: usize = 4096;
 impl Limiter {
     /// The bucket of a source: resolve it once per connection (or UDP source).
     pub fn bucket(&self, source: IpAddr) -> Arc<Mutex<Bucket>> {
-        let mut buckets = self.buckets.lock().unwrap();
+        let mut buckets = crate::sync::lock(&self.buckets);
         if buckets.len() >= PRUNE_AT && !buckets.contains_key(&source) {
             buckets.retain(|_, bucket| Arc::strong_count(bucket) > 1);
         }
@@ -141,7 +141,7 @@ mod tests {
         for i in 0..PRUNE_AT as u32 + 10 {
             limiter.bucket(IpAddr::from(i.to_be_bytes()));
         }
-        assert!(limiter.buckets.lock().unwrap().len() < PRUNE_AT);
+        assert!(crate::sync::lock(&limiter.buckets).len() < PRUNE_AT);
         assert!(Arc::ptr_eq(&a, &limiter.bucket("10.0.0.1".parse().unwrap())));
     }
 }

@@ -118,7 +118,7 @@ struct Shared {
 impl Shared {
     fn settings(&self) -> (u64, Arc<Settings>) {
         let generation = self.generation.load(Ordering::Acquire);
-        (generation, self.settings.read().unwrap().clone())
+        (generation, crate::sync::read(&self.settings).clone())
     }
 }
 
@@ -252,7 +252,7 @@ impl Ingest {
             connections: mpsc::channel(1),
         };
         {
-            let mut listeners = ingest.listeners.lock().unwrap();
+            let mut listeners = crate::sync::lock(&ingest.listeners);
             listeners.udp = udp.map(|(addr, bound)| ingest.serve(addr, bound, false));
             listeners.tcp = tcp.map(|(addr, bound)| ingest.serve(addr, bound, false));
             listeners.tls = tls.map(|(addr, bound)| ingest.serve(addr, bound, true));
@@ -286,7 +286,7 @@ impl Ingest {
     /// config live (new connections get the new certificate; open ones pick
     /// up the rest at their next read).
     pub async fn reconfigure(&self, options: IngestOptions) -> io::Result<()> {
-        let mut listeners = self.listeners.lock().unwrap();
+        let mut listeners = crate::sync::lock(&self.listeners);
         let requested = |listener: &Option<Listener>| listener.as_ref().map(|l| l.requested);
         let tls_addr = options.tls.as_ref().map(|(addr, _)| *addr);
         let rebind = |name, old: Option<SocketAddr>, new: Option<SocketAddr>| -> io::Result<_> {
@@ -299,7 +299,7 @@ impl Ingest {
         let tcp = rebind("tcp", requested(&listeners.tcp), options.tcp)?;
         let tls = rebind("tls", requested(&listeners.tls), tls_addr)?;
 
-        *self.shared.settings.write().unwrap() = Arc::new(Settings::from(&options));
+        *crate::sync::write(&self.shared.settings) = Arc::new(Settings::from(&options));
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
 
         if let Some(udp) = udp {
@@ -316,7 +316,7 @@ impl Ingest {
 
     /// Where the listeners are bound.
     pub fn local_addrs(&self) -> ListenAddrs {
-        let listeners = self.listeners.lock().unwrap();
+        let listeners = crate::sync::lock(&self.listeners);
         let local = |listener: &Option<Listener>| listener.as_ref().map(|l| l.local);
         ListenAddrs {
             udp: local(&listeners.udp),
@@ -336,7 +336,7 @@ impl Ingest {
             shutdown,
             connections: (done, mut all_done),
         } = self;
-        let mut listeners = listeners.into_inner().unwrap();
+        let mut listeners = listeners.into_inner().unwrap_or_else(|e| e.into_inner());
         for listener in [listeners.tcp.take(), listeners.tls.take()].into_iter().flatten() {
             listener.task.abort();
             let _ = (&mut { listener }.task).await;

@@ -53,7 +53,7 @@ impl IngestStats {
     }
 
     pub(crate) fn source(&self, host: &Arc<str>, source: IpAddr) -> Arc<Counters> {
-        let mut sources = self.sources.lock().unwrap();
+        let mut sources = crate::sync::lock(&self.sources);
         sources.entry((host.clone(), source)).or_default().clone()
     }
 
@@ -81,7 +81,7 @@ impl IngestStats {
 
     /// Every source seen, sorted by host, then source address.
     pub fn snapshot(&self) -> Vec<SourceStats> {
-        let sources = self.sources.lock().unwrap();
+        let sources = crate::sync::lock(&self.sources);
         let mut list: Vec<SourceStats> = sources
             .iter()
             .map(|((host, source), c)| SourceStats {

@@ -149,11 +149,7 @@ async fn serve<S: AsyncRead + Unpin>(shared: &Shared, mut stream: S, peer: Socke
         if !batch.is_empty() {
             if let Some(rate) = source.settings.rate_limit {
                 let over;
-                (wait, over) = source
-                    .bucket
-                    .lock()
-                    .unwrap()
-                    .take(batch.len(), rate, Instant::now());
+                (wait, over) = crate::sync::lock(&source.bucket).take(batch.len(), rate, Instant::now());
                 if over > 0 {
                     source
                         .counters

@@ -116,7 +116,7 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: UdpSocket) {
             }
             if let Some(rate) = sender.source.settings.rate_limit {
                 if sender.allowance == 0 && !sender.exhausted {
-                    sender.allowance = sender.source.bucket.lock().unwrap().admit(ALLOWANCE, rate, now);
+                    sender.allowance = crate::sync::lock(&sender.source.bucket).admit(ALLOWANCE, rate, now);
                     sender.exhausted = sender.allowance == 0;
                 }
                 if sender.allowance == 0 {
@@ -141,7 +141,7 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: UdpSocket) {
                 continue;
             };
             if sender.allowance > 0 {
-                sender.source.bucket.lock().unwrap().give_back(sender.allowance);
+                crate::sync::lock(&sender.source.bucket).give_back(sender.allowance);
                 sender.allowance = 0;
             }
             sender.exhausted = false;

@@ -129,10 +129,6 @@ pub(crate) fn with_path(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io
     move |e| io::Error::new(e.kind(), format!("{what} {path}: {e}"))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn now_us(now: SystemTime) -> i64 {
     match now.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_micros() as i64,
@@ -448,13 +444,13 @@ impl HostLog {
                         file.sync_all()
                             .map_err(with_path(&path, "cannot fsync segment"))?;
                     }
-                    if blocks.is_empty() {
+                    let Some((seg_len, tail_seq)) = blocks.last().map(|b| (b.end(), b.header.end_seq()))
+                    else {
                         fs::remove_file(&path).map_err(with_path(&path, "cannot remove segment"))?;
                         continue;
-                    }
+                    };
                     if last {
-                        let seg_len = blocks.last().map_or(format::SEG_HEADER_LEN, |b| b.end());
-                        end_seq = end_seq.max(blocks.last().unwrap().header.end_seq());
+                        end_seq = end_seq.max(tail_seq);
                         active = Some(Active {
                             file: Arc::new(file),
                             path,
@@ -465,16 +461,20 @@ impl HostLog {
                         });
                         continue;
                     }
-                    let seg_len = blocks.last().unwrap().end();
                     write_index(&idx, seg_len, &blocks)?;
                     blocks
                 }
             };
-            end_seq = end_seq.max(blocks.last().unwrap().header.end_seq());
+            // Both arms give blocks (an index with none is not taken).
+            let (Some(tail), Some(max_us)) = (blocks.last(), blocks.iter().map(|b| b.header.max_us).max())
+            else {
+                continue;
+            };
+            end_seq = end_seq.max(tail.header.end_seq());
             sealed.push(Sealed {
                 seq0,
-                bytes: blocks.last().unwrap().end(),
-                max_us: blocks.iter().map(|b| b.header.max_us).max().unwrap(),
+                bytes: tail.end(),
+                max_us,
                 path,
                 idx,
             });
@@ -598,7 +598,7 @@ impl HostLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, HostState> {
-        lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     /// Append a batch: each entry gets the next seq; the whole batch goes to the WAL in one write.
@@ -681,7 +681,9 @@ impl HostLog {
         let header = st
             .pending
             .encode_block(&mut st.compressor, &mut st.raw, &mut st.out)?;
-        let active = st.active.as_mut().unwrap();
+        let Some(active) = st.active.as_mut() else {
+            return Err(io::Error::other("no active segment to write a block to"));
+        };
         active
             .file
             .write_all_at(&st.out, active.len)
