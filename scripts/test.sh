@@ -16,6 +16,7 @@ packages=(
     nft:nftables iptables-restore:iptables ip:iproute2 nginx:nginx-light curl:curl
     nmap:nmap conntrack:conntrack socat:socat ping:iputils-ping unshare:util-linux sysctl:procps
     wrk:wrk openssl:openssl rsyslogd:rsyslog zstd:zstd logger:bsdutils restic:restic
+    chromium:chromium chromedriver:chromium-driver base64:coreutils
 )
 missing=()
 for entry in "${packages[@]}"; do

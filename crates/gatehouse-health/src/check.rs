@@ -7,6 +7,10 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
 
+/// What HTTP checks send as User-Agent, so backends can leave them out of
+/// their access logs.
+pub const USER_AGENT: &str = "gatehouse-health";
+
 use crate::pool::Outcome;
 
 /// One check of one backend, bounded by the health timeout.
@@ -36,7 +40,7 @@ async fn attempt(addr: SocketAddr, check: &Check) -> Result<(), String> {
     let driver = tokio::spawn(connection);
     let request = hyper::Request::get(path.as_str())
         .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::USER_AGENT, "gatehouse-health")
+        .header(hyper::header::USER_AGENT, USER_AGENT)
         .header(hyper::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;

@@ -10,6 +10,6 @@ mod check;
 mod metrics;
 mod pool;
 
-pub use check::probe;
+pub use check::{USER_AGENT as CHECK_USER_AGENT, probe};
 pub use metrics::{BackendStats, Metrics, ServiceStats};
 pub use pool::{Backend, Outcome, Pool, Snapshot, State};

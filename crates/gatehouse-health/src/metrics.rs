@@ -5,6 +5,7 @@
 //! lock and hashes the labels); the hot path only touches atomics.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +55,11 @@ pub struct Metrics {
     requests: Family<ClassLabels, Counter>,
     errors: Family<KindLabels, Counter>,
     latency: HistogramFamily<BackendLabels>,
+    /// The histogram's sum and count again, readable (prometheus-client
+    /// keeps its own to itself): the status page charts the mean latency.
+    /// Not registered; /metrics has them as the histogram's _sum and _count.
+    latency_sum: Family<BackendLabels, Counter<f64, AtomicU64>>,
+    latency_count: Family<BackendLabels, Counter>,
     backend_connections: Family<BackendLabels, Gauge>,
     backend_up: Family<BackendLabels, Gauge>,
     checks: Family<KindLabels, Counter>,
@@ -77,6 +83,8 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            latency_sum: Family::default(),
+            latency_count: Family::default(),
             backend_connections: Family::default(),
             backend_up: Family::default(),
             checks: Family::default(),
@@ -191,6 +199,8 @@ impl Metrics {
             timeouts: get(&self.errors, &kind("timeout")),
             response_errors: get(&self.errors, &kind("response")),
             latency: get(&self.latency, &labels),
+            latency_sum: get(&self.latency_sum, &labels),
+            latency_count: get(&self.latency_count, &labels),
             connections: get(&self.backend_connections, &labels),
             up: get(&self.backend_up, &labels),
             checks_ok: get(&self.checks, &kind("ok")),
@@ -230,7 +240,12 @@ pub struct BackendStats {
     pub connect_errors: Counter,
     pub timeouts: Counter,
     pub response_errors: Counter,
+    /// Observe through [`BackendStats::observe_latency`], which keeps
+    /// `latency_sum` and `latency_count` with it.
     pub latency: Histogram,
+    /// Seconds and responses the histogram has seen.
+    pub latency_sum: Counter<f64, AtomicU64>,
+    pub latency_count: Counter,
     /// In flight now; least-conn and random-two read it.
     pub connections: Gauge,
     pub up: Gauge,
@@ -243,6 +258,13 @@ impl BackendStats {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].inc();
+    }
+
+    /// A backend's time to answer (the response head; for tcp, the connect).
+    pub fn observe_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+        self.latency_sum.inc_by(seconds);
+        self.latency_count.inc();
     }
 
     /// Responses of every class.

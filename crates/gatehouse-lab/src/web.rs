@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use http_body_util::Full;
@@ -37,32 +38,56 @@ pub fn site_html(k: usize) -> String {
     )
 }
 
+/// What a request got, for an access log kept by whoever runs the server.
+pub struct Answered<'a> {
+    pub peer: SocketAddr,
+    pub method: &'a str,
+    pub target: String,
+    pub version: hyper::Version,
+    pub status: u16,
+    pub bytes: usize,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// Called once per answered request (the demo's web servers log through it).
+pub type OnAnswer = Arc<dyn Fn(&Answered<'_>) + Send + Sync>;
+
 /// Serves `page` on `listen` until the process is killed. Blocking.
 pub fn serve(listen: SocketAddr, page: Page) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(accept_loop(listen, page))
+    runtime.block_on(async {
+        let listener = TcpListener::bind(listen).await.with_context(|| {
+            format!("listening on {listen}: is the address configured in this namespace and the port free?")
+        })?;
+        eprintln!("gatehouse lab web: serving {page:?} on http://{listen}/");
+        serve_on(listener, page, None).await;
+        Ok(())
+    })
 }
 
-async fn accept_loop(listen: SocketAddr, page: Page) -> Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| {
-        format!("listening on {listen}: is the address configured in this namespace and the port free?")
-    })?;
+/// Serves `page` on a bound listener until the future is dropped (abort
+/// its task to take the server down: the listener closes with it).
+pub async fn serve_on(listener: TcpListener, page: Page, on_answer: Option<OnAnswer>) {
     let site = match page {
         Page::Site(k) => Some(Bytes::from(site_html(k))),
         Page::WhoAmI => None,
     };
-    eprintln!("gatehouse lab web: serving {page:?} on http://{listen}/");
+    // Connections live in a set of their own, so dropping this future (a
+    // demo stopping "web2") ends them too, not only the listener.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of descriptors or a connection reset before accept: keep serving,
                 // pausing briefly so a persistent error does not spin the CPU.
                 eprintln!("gatehouse lab web: accept: {err}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
@@ -73,12 +98,31 @@ async fn accept_loop(listen: SocketAddr, page: Page) -> Result<()> {
                 "text/plain; charset=utf-8",
             ),
         };
-        tokio::spawn(async move {
-            let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
+        let on_answer = on_answer.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let mut response = Response::new(Full::new(body.clone()));
                 let headers = response.headers_mut();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                 headers.insert(SERVER, HeaderValue::from_static("gatehouse-lab"));
+                if let Some(on_answer) = &on_answer {
+                    let header = |name| {
+                        request
+                            .headers()
+                            .get(name)
+                            .and_then(|v: &HeaderValue| v.to_str().ok())
+                    };
+                    on_answer(&Answered {
+                        peer,
+                        method: request.method().as_str(),
+                        target: request.uri().to_string(),
+                        version: request.version(),
+                        status: 200,
+                        bytes: body.len(),
+                        referer: header(hyper::header::REFERER),
+                        user_agent: header(hyper::header::USER_AGENT),
+                    });
+                }
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(err) = http1::Builder::new()

@@ -223,6 +223,14 @@ fn civil(time: SystemTime) -> (i64, usize, u32, u32, u32, u32) {
     )
 }
 
+/// `24/Nov/2026:10:00:00 +0000`, the time of a combined-format line, for
+/// other writers of such lines (the demo's web servers).
+pub fn apache_time_text(time: SystemTime) -> String {
+    let mut out = String::with_capacity(26);
+    apache_time(&mut out, time);
+    out
+}
+
 /// `24/Nov/2026:10:00:00 +0000`
 fn apache_time(out: &mut String, time: SystemTime) {
     let (y, mo, d, h, mi, s) = civil(time);

@@ -434,7 +434,7 @@ fn respond(
     let backend = &target.pool.backends()[i];
     let upstream = &target.upstreams[i];
     let status = response.status();
-    backend.stats.latency.observe(upstream_time.as_secs_f64());
+    backend.stats.observe_latency(upstream_time.as_secs_f64());
     backend.stats.response(status.as_u16());
     if status.is_server_error() {
         target

@@ -54,6 +54,7 @@ use gatehouse_health::{Metrics, Pool};
 use tokio::task::JoinHandle;
 
 pub use crate::access_log::LogSink;
+pub use crate::access_log::apache_time_text as apache_time;
 pub use crate::redirect::Redirect;
 
 use crate::listener::Shared;

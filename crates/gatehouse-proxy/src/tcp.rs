@@ -46,7 +46,7 @@ pub(crate) async fn serve(settings: Arc<Settings>, client: ClientStream, address
             Ok(stream) => {
                 // A tcp connection counts as one 2xx answer once connected.
                 backend.stats.response(200);
-                backend.stats.latency.observe(connecting.elapsed().as_secs_f64());
+                backend.stats.observe_latency(connecting.elapsed().as_secs_f64());
                 target.pool.report_success(backend);
                 connected = Some((backend.addr, stream, in_flight));
                 break;

@@ -2,6 +2,7 @@
 //! arguments, calls into the crate that owns the concern, and maps the outcome to
 //! an exit code (0 done, 1 the system refused or failed, 2 bad input).
 
+mod demo_cmd;
 mod kernel_cmd;
 mod lab_cmd;
 mod logs_cmd;
@@ -70,6 +71,8 @@ enum Command {
     Status(serve_cmd::StatusArgs),
     /// Search and follow the log server's logs: `web1 | <the line>`, oldest first.
     Logs(logs_cmd::LogsArgs),
+    /// The whole farm on loopback, in one process, no root: web servers, proxy, logs, backups, status page.
+    Demo(demo_cmd::DemoArgs),
     /// Build the seed's farm in network namespaces on this machine (root).
     Lab(lab_cmd::LabArgs),
     /// Send N requests and show which backend answered each, with latency percentiles.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => serve_cmd::reload(&args),
         Command::Status(args) => serve_cmd::status(&args),
         Command::Logs(args) => logs_cmd::run(&args),
+        Command::Demo(args) => demo_cmd::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -15,6 +15,7 @@ mod backups;
 mod kernel;
 mod log_api;
 mod logs;
+mod page;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub struct View {
     pub log_stats: Arc<IngestStats>,
     /// The backup server's directory, when there is one.
     pub backups: Option<std::path::PathBuf>,
+    /// Its counters (kept across reloads): the status page re-measures
+    /// the repositories when they move.
+    pub backup_metrics: Arc<BackupMetrics>,
 }
 
 pub struct ServiceView {
@@ -104,9 +108,23 @@ pub fn run(global: &GlobalOpts, args: &ServeArgs) -> Result<ExitCode, Failure> {
     })
 }
 
+/// Serve a farm without a [gateway] in the caller's runtime (the demo's):
+/// `ready` runs once everything listens; returns after SIGINT or SIGTERM,
+/// when everything has stopped.
+pub async fn run_farm(path: PathBuf, farm: Farm, ready: impl FnOnce()) -> Result<(), Failure> {
+    let kernel = Kernel {
+        host: Host::local(),
+        state: StateDir::default_for(None),
+    };
+    let mut supervisor = Supervisor::start(path, farm, kernel).await?;
+    ready();
+    supervisor.run().await;
+    Ok(())
+}
+
 /// Logs go to stderr, where systemd's journal (or a terminal) picks them up;
 /// `GATEHOUSE_LOG` takes tracing's filter syntax (default "info").
-fn init_logging() {
+pub fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -197,6 +215,7 @@ impl Supervisor {
             logs: None,
             log_stats: log_stats.clone(),
             backups: None,
+            backup_metrics: backup_metrics.clone(),
         }));
         let mut supervisor = Supervisor {
             path,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod browser;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -135,6 +137,14 @@ impl Farm {
     }
 }
 
+/// Whether `program` is on PATH (or in /usr/sbin, /sbin).
+pub fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|dir| dir.join(program).is_file())
+}
+
 /// "My Website Number K" → K.
 pub fn site_number(body: &str) -> Option<usize> {
     let rest = body.split("My Website Number ").nth(1)?;
@@ -162,16 +172,32 @@ pub struct Process {
 impl Process {
     /// Start `gatehouse ARGS`, logging to `log`.
     pub fn spawn(args: &[&std::ffi::OsStr], log: PathBuf) -> Process {
+        Process::start(args, log, std::process::Stdio::null())
+    }
+
+    /// The same, with a pipe to its stdin for [`Process::type_line`].
+    pub fn spawn_with_input(args: &[&std::ffi::OsStr], log: PathBuf) -> Process {
+        Process::start(args, log, std::process::Stdio::piped())
+    }
+
+    fn start(args: &[&std::ffi::OsStr], log: PathBuf, stdin: std::process::Stdio) -> Process {
         let out = std::fs::File::create(&log).expect("creating the log file");
         let err = out.try_clone().expect("duplicating the log file");
         let child = Command::new(EXE)
             .args(args)
-            .stdin(std::process::Stdio::null())
+            .stdin(stdin)
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("starting gatehouse");
         Process { child, log }
+    }
+
+    /// Write a line to its stdin (started with `spawn_with_input`).
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("started with spawn_with_input");
+        writeln!(stdin, "{line}").expect("writing to gatehouse's stdin");
     }
 
     pub fn log(&self) -> String {
