@@ -3,12 +3,21 @@
 # section against `rclone serve restic`, both speaking restic's REST protocol on
 # loopback, with the same restic client and the same files, in one run.
 #
-# Both servers run pinned to the same core (SERVER_CPU), one after the other,
+# The servers run pinned to the same core (SERVER_CPU), one after the other,
 # each with a fresh empty directory; restic (and everything else) runs on
-# another core (CLIENT_CPU). Like for like: both with HTTP basic auth from the
+# another core (CLIENT_CPU). Like for like: all with HTTP basic auth from the
 # same htpasswd file (one user, a {SHA} entry: cheap to check, so neither pays
 # for bcrypt on every request), private repositories, deletes allowed (no
-# append-only), plain HTTP.
+# append-only), plain HTTP. gatehouse runs twice: as configured by default
+# (every upload's SHA-256 checked against its name, as rest-server does), and
+# as "gatehouse-noverify" (verify_uploads = false, rest-server's
+# --no-verify-upload), which does the same work as rclone, which checks nothing.
+#
+# ROUNDS rounds (2), the order of the servers reversed every other round
+# (rclone gatehouse gatehouse-noverify, then the other way round): whoever
+# goes later finds more of the machine's memory dirty with the earlier runs'
+# restores, which slowed a restore by half in runs of one order only. The
+# table gives each figure's mean over the rounds.
 #
 # The files: bench/backup/dataset.py writes DATA_MIB MiB (1 GiB; --quick: 100
 # MiB) of small (0-64 KiB), medium (64 KiB-2 MiB) and large (16-128 MiB) files,
@@ -54,22 +63,27 @@ DATA_MIB=${DATA_MIB:-$d_mib}             # MiB of files to back up
 SEED=${SEED:-1}                          # bench/backup/dataset.py's seed
 SERVER_CPU=${SERVER_CPU:-0}              # the core both servers are pinned to
 CLIENT_CPU=${CLIENT_CPU:-1}              # the core of restic and everything else
-SERVERS=${SERVERS:-rclone gatehouse}     # which servers to measure (either or both)
-TMPDIR_BASE=${TMPDIR_BASE:-/tmp}         # where the data, the repositories and the restores go
+SERVERS=${SERVERS:-rclone gatehouse gatehouse-noverify} # which servers to measure, in the first round's order
+ROUNDS=${ROUNDS:-2}                      # rounds, the order reversed every other one
+TMPDIR_BASE=${TMPDIR_BASE:-/tmp}         # where the data and the repositories go
+RESTORE_BASE=${RESTORE_BASE:-}           # where the restores go (default: /dev/shm when it has room)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STARTED=$(date +%s)
-for v in DATA_MIB SEED SERVER_CPU CLIENT_CPU; do
+for v in DATA_MIB SEED SERVER_CPU CLIENT_CPU ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((DATA_MIB >= 1)) || die "DATA_MIB must be at least 1"
+((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 ((SERVER_CPU != CLIENT_CPU)) || die "SERVER_CPU and CLIENT_CPU must be different cores"
 read -r -a TARGETS <<<"$SERVERS"
-((${#TARGETS[@]} >= 1)) || die "SERVERS is empty (pick from: rclone gatehouse)"
+((${#TARGETS[@]} >= 1)) || die "SERVERS is empty (pick from: rclone gatehouse gatehouse-noverify)"
 for t in "${TARGETS[@]}"; do
-    [[ $t =~ ^(rclone|gatehouse)$ ]] || die "SERVERS: unknown server '$t' (pick from: rclone gatehouse)"
+    [[ $t =~ ^(rclone|gatehouse|gatehouse-noverify)$ ]] ||
+        die "SERVERS: unknown server '$t' (pick from: rclone gatehouse gatehouse-noverify)"
 done
 has() { [[ " ${TARGETS[*]} " = *" $1 "* ]]; }
+has_gatehouse() { has gatehouse || has gatehouse-noverify; }
 
 # ---------------------------------------------------------------- tools
 missing=()
@@ -80,7 +94,7 @@ need getconf libc-bin
 need diff diffutils
 need openssl openssl
 need apt-get apt
-has gatehouse && [[ -z ${GATEHOUSE_BIN:-} ]] && need cargo "cargo (or rustup)"
+has_gatehouse && [[ -z ${GATEHOUSE_BIN:-} ]] && need cargo "cargo (or rustup)"
 ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]}"
 ncpu=$(nproc --all)
 ((SERVER_CPU < ncpu && CLIENT_CPU < ncpu)) ||
@@ -120,7 +134,7 @@ RCLONE_VERSION=$(if has rclone; then rclone version 2>/dev/null | awk 'NR == 1 {
 
 # ---------------------------------------------------------------- gatehouse binary
 GH_PROBLEM= # why gatehouse cannot be measured, if it cannot
-has gatehouse && find_gatehouse backup serve "the backup server"
+has_gatehouse && find_gatehouse backup serve "the backup server"
 
 # ---------------------------------------------------------------- the files
 DATA=$TMP/data
@@ -132,6 +146,19 @@ read -r DATA_FILES DATA_BYTES <"$TMP/dataset.txt"
 # Written back now, not by the kernel's flusher threads during a measurement.
 sync
 
+# The restores go to memory (tmpfs) when there is room for two: written to
+# the disk, a restore was held up by the writeback of the ones before it
+# (7 s for the first of a run, 19 s for the sixth, against either server),
+# and measured the disk, not the servers.
+if [[ -z $RESTORE_BASE ]]; then
+    RESTORE_BASE=$TMP
+    shm_free=$(df -k --output=avail /dev/shm 2>/dev/null | tail -n1 | tr -d ' ')
+    if [[ -w /dev/shm && ${shm_free:-0} =~ ^[0-9]+$ ]] && ((shm_free / 1024 > 2 * DATA_MIB + 256)); then
+        RESTORE_BASE=/dev/shm
+    fi
+fi
+RESTORES=$(mktemp -d "$RESTORE_BASE/gatehouse-backup-restore.XXXXXX")
+CLEANUP_DIRS+=("$RESTORES")
 # From here on, this script and everything it starts without a taskset of its
 # own run on the client core, off the servers' core.
 taskset -p -c "$CLIENT_CPU" $$ >/dev/null || die "cannot pin this script to core $CLIENT_CPU"
@@ -214,8 +241,8 @@ start_rclone() {
     PORT[rclone]=$port
 }
 
-start_gatehouse() {
-    local dir=$TMP/gatehouse port
+gatehouse_server() { # NAME VERIFY
+    local name=$1 verify=$2 dir=$TMP/$1 port
     [[ -z $GH_PROBLEM ]] || return 1
     port=$(free_port)
     mkdir -p "$dir/store"
@@ -227,21 +254,24 @@ dir = "$dir/store"
 htpasswd = "$HTPASSWD"
 private_repos = true
 append_only = false
+verify_uploads = $verify
 EOF
     if ! "$GH" check -c "$dir/gatehouse.toml" >"$dir/check.log" 2>&1; then
         cat "$dir/check.log" >&2
         GH_PROBLEM="gatehouse check refuses a config with [backup_server] (output above)"
         return 1
     fi
-    CMDLINE[gatehouse]="gatehouse serve -c FILE ([backup_server] listen, dir, htpasswd, private_repos = true, append_only = false)"
+    CMDLINE[$name]="gatehouse serve -c FILE ([backup_server] listen, dir, htpasswd, private_repos = true, append_only = false, verify_uploads = $verify)"
     taskset -c "$SERVER_CPU" "$GH" serve -c "$dir/gatehouse.toml" >"$dir/server.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
-    wait_port "$port" "$pid" gatehouse "$dir/server.log" || return 1
+    wait_port "$port" "$pid" "$name" "$dir/server.log" || return 1
     STARTED_PID=$pid
-    STORE[gatehouse]=$dir/store
-    PORT[gatehouse]=$port
+    STORE[$name]=$dir/store
+    PORT[$name]=$port
 }
+start_gatehouse() { gatehouse_server gatehouse true; }
+start_gatehouse-noverify() { gatehouse_server gatehouse-noverify false; }
 
 # step NAME PID KEY CMD...: runs CMD (restic, on the client core), timed, with
 # the server's CPU; sets SECS, CPU (s), CPUPCT (of its core), CLIENT (client
@@ -278,27 +308,29 @@ step() {
 }
 
 declare -A FAILED=() REPO_BYTES RESTORED
+# measure SERVER ROUND: one full cycle against a fresh server; the figures go
+# under "SERVER.ROUND.STEP".
 measure() {
-    local t=$1 pid url cache=$TMP/cache-$1 target=$TMP/restore-$1
+    local t=$1 n=$2 pid url cache=$TMP/cache-$1 target=$RESTORES/restore-$1 k=$1.$2
     if ! "start_$t"; then
         FAILED[$t]="did not start"
-        [[ $t = gatehouse && -n $GH_PROBLEM ]] && FAILED[$t]=$GH_PROBLEM
-        printf '  %-10s FAILED: %s\n' "$t" "${FAILED[$t]}"
+        [[ $t = gatehouse* && -n $GH_PROBLEM ]] && FAILED[$t]=$GH_PROBLEM
+        printf '  %-18s FAILED: %s\n' "$t" "${FAILED[$t]}"
         return 0
     fi
     pid=$STARTED_PID
     url="rest:http://$USER_NAME:$USER_PASSWORD@127.0.0.1:${PORT[$t]}/$USER_NAME/repo/"
     local r=("${RESTIC[@]}" -r "$url" --cache-dir "$cache")
-    step "$t" "$pid" "$t.init" "${r[@]}" init || { FAILED[$t]="restic init failed"; return 0; }
-    step "$t" "$pid" "$t.backup" "${r[@]}" backup --host bench "$DATA" || { FAILED[$t]="restic backup failed"; return 0; }
-    printf '  %-10s backup  %8s s  %7s MiB/s  server CPU %7s s (%4s of core %s)  client core %s busy %s\n' "$t" \
-        "${SECS[$t.backup]}" "${MIBS[$t.backup]}" "${CPU[$t.backup]}" "${CPUPCT[$t.backup]}" "$SERVER_CPU" \
-        "$CLIENT_CPU" "${CLIENT[$t.backup]}"
+    step "$t" "$pid" "$k.init" "${r[@]}" init || { FAILED[$t]="restic init failed"; return 0; }
+    step "$t" "$pid" "$k.backup" "${r[@]}" backup --host bench "$DATA" || { FAILED[$t]="restic backup failed"; return 0; }
+    printf '  %-18s backup  %8s s  %7s MiB/s  server CPU %7s s (%4s of core %s)  client core %s busy %s\n' "$t" \
+        "${SECS[$k.backup]}" "${MIBS[$k.backup]}" "${CPU[$k.backup]}" "${CPUPCT[$k.backup]}" "$SERVER_CPU" \
+        "$CLIENT_CPU" "${CLIENT[$k.backup]}"
     REPO_BYTES[$t]=$(disk_bytes "${STORE[$t]}")
-    step "$t" "$pid" "$t.restore" "${r[@]}" restore latest --target "$target" || { FAILED[$t]="restic restore failed"; return 0; }
-    printf '  %-10s restore %8s s  %7s MiB/s  server CPU %7s s (%4s of core %s)  client core %s busy %s\n' "$t" \
-        "${SECS[$t.restore]}" "${MIBS[$t.restore]}" "${CPU[$t.restore]}" "${CPUPCT[$t.restore]}" "$SERVER_CPU" \
-        "$CLIENT_CPU" "${CLIENT[$t.restore]}"
+    step "$t" "$pid" "$k.restore" "${r[@]}" restore latest --target "$target" || { FAILED[$t]="restic restore failed"; return 0; }
+    printf '  %-18s restore %8s s  %7s MiB/s  server CPU %7s s (%4s of core %s)  client core %s busy %s\n' "$t" \
+        "${SECS[$k.restore]}" "${MIBS[$k.restore]}" "${CPU[$k.restore]}" "${CPUPCT[$k.restore]}" "$SERVER_CPU" \
+        "$CLIENT_CPU" "${CLIENT[$k.restore]}"
     # restic restores the absolute path under the target
     if run diff -r -q "$DATA" "$target$DATA" >"$TMP/$t.diff" 2>&1; then
         RESTORED[$t]=identical
@@ -307,51 +339,87 @@ measure() {
         FAILED[$t.restore]="the restored tree differs from the data: $(head -n 3 "$TMP/$t.diff" | tr '\n' ' ')"
     fi
     rm -rf "$target"
-    step "$t" "$pid" "$t.check" "${r[@]}" check || { FAILED[$t]="restic check failed"; return 0; }
-    printf '  %-10s check   %8s s                server CPU %7s s; restore %s; repository %s\n' "$t" \
-        "${SECS[$t.check]}" "${CPU[$t.check]}" "${RESTORED[$t]}" "$(human "${REPO_BYTES[$t]}")"
+    step "$t" "$pid" "$k.check" "${r[@]}" check || { FAILED[$t]="restic check failed"; return 0; }
+    printf '  %-18s check   %8s s                server CPU %7s s; restore %s; repository %s\n' "$t" \
+        "${SECS[$k.check]}" "${CPU[$k.check]}" "${RESTORED[$t]}" "$(human "${REPO_BYTES[$t]}")"
     stop_pid "$pid"
     forget_pid "$pid"
     # the next server's run gets the disk (and the page cache) to itself
     rm -rf "${STORE[$t]}" "$cache"
+    sync
 }
 
 # ---------------------------------------------------------------- run
-printf '\n== backup server: %s, each pinned to core %s; restic %s on core %s ==\n' \
-    "${TARGETS[*]}" "$SERVER_CPU" "$RESTIC_VERSION" "$CLIENT_CPU"
+printf '\n== backup server: %s, each pinned to core %s; restic %s on core %s; %s round(s) ==\n' \
+    "${TARGETS[*]}" "$SERVER_CPU" "$RESTIC_VERSION" "$CLIENT_CPU" "$ROUNDS"
 printf 'files: %s files, %s bytes (%s) from bench/backup/dataset.py %s MiB, seed %s\n' \
     "$DATA_FILES" "$DATA_BYTES" "$(human "$DATA_BYTES")" "$DATA_MIB" "$SEED"
-printf 'both: HTTP basic auth (htpasswd, one {SHA} user), private repositories, no append-only, plain HTTP\n'
-for t in "${TARGETS[@]}"; do
-    measure "$t"
-    [[ -z ${CMDLINE[$t]:-} ]] || printf '  %-10s (%s)\n' "" "${CMDLINE[$t]}"
+printf 'all: HTTP basic auth (htpasswd, one {SHA} user), private repositories, no append-only, plain HTTP\n'
+for ((round = 1; round <= ROUNDS; round++)); do
+    order=("${TARGETS[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[i]}"); done
+    fi
+    printf 'round %s: %s\n' "$round" "${order[*]}"
+    for t in "${order[@]}"; do
+        [[ -z ${FAILED[$t]:-} ]] || continue
+        measure "$t" "$round"
+        ((round > 1)) || [[ -z ${CMDLINE[$t]:-} ]] || printf '  %-18s (%s)\n' "" "${CMDLINE[$t]}"
+    done
 done
 
 # ---------------------------------------------------------------- summary
+# mean FIELD SERVER STEP: the mean over the rounds of FIELD (SECS, CPU, CLIENT)
+# of that step; "spread" the same as [min-max].
+values() { local -n field=$1; local n; for ((n = 1; n <= ROUNDS; n++)); do echo "${field[$2.$n.$3]:-}"; done; }
+mean() { values "$@" | tr -d '%' | awk 'NF { s += $1; n++ } END { if (n) printf "%.3f", s / n }'; }
+spread() {
+    values "$@" | tr -d '%' | awk 'NF { if (n == 0 || $1 < lo) lo = $1; if (n == 0 || $1 > hi) hi = $1; n++ }
+        END { if (n) printf "[%g-%g]", lo, hi }'
+}
+mibs() { awk -v b="$DATA_BYTES" -v s="$1" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s }'; }
+pct() { awk -v c="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f%%", c / s * 100 }'; }
+complete() { local n; for ((n = 1; n <= ROUNDS; n++)); do [[ -n ${SECS[$1.$n.check]:-} ]] || return 1; done; }
 table() {
-    local t
-    printf '  %-10s %8s %9s %8s %8s  %9s %8s %8s %8s  %8s %8s  %14s\n' server "backup s" "MiB/s" "srv CPU" "srv %" \
+    local t b r c
+    printf '  %-18s %8s %9s %8s %6s  %9s %8s %8s %6s  %8s %8s  %10s\n' server "backup s" "MiB/s" "srv CPU" "srv %" \
         "restore s" "MiB/s" "srv CPU" "srv %" "check s" "srv CPU" "repository"
     for t in "${TARGETS[@]}"; do
-        if [[ -z ${SECS[$t.check]:-} ]]; then
-            printf '  %-10s FAILED: %s\n' "$t" "${FAILED[$t]:-?}"
+        if ! complete "$t"; then
+            printf '  %-18s FAILED: %s\n' "$t" "${FAILED[$t]:-?}"
             continue
         fi
-        printf '  %-10s %8s %9s %8s %8s  %9s %8s %8s %8s  %8s %8s  %14s\n' "$t" \
-            "${SECS[$t.backup]}" "${MIBS[$t.backup]}" "${CPU[$t.backup]}" "${CPUPCT[$t.backup]}" \
-            "${SECS[$t.restore]}" "${MIBS[$t.restore]}" "${CPU[$t.restore]}" "${CPUPCT[$t.restore]}" \
-            "${SECS[$t.check]}" "${CPU[$t.check]}" "$(human "${REPO_BYTES[$t]}")"
+        b=$(mean SECS "$t" backup) r=$(mean SECS "$t" restore)
+        printf '  %-18s %8.3f %9s %8.2f %6s  %9.3f %8s %8.2f %6s  %8.3f %8.2f  %10s\n' "$t" \
+            "$b" "$(mibs "$b")" "$(mean CPU "$t" backup)" "$(pct "$(mean CPU "$t" backup)" "$b")" \
+            "$r" "$(mibs "$r")" "$(mean CPU "$t" restore)" "$(pct "$(mean CPU "$t" restore)" "$r")" \
+            "$(mean SECS "$t" check)" "$(mean CPU "$t" check)" "$(human "${REPO_BYTES[$t]}")"
     done
-    if [[ -n ${SECS[rclone.check]:-} && -n ${SECS[gatehouse.check]:-} ]]; then
-        printf '  ratio gatehouse/rclone: backup MiB/s %s, server CPU %s; restore MiB/s %s, server CPU %s\n' \
-            "$(ratio "${MIBS[gatehouse.backup]}" "${MIBS[rclone.backup]}")" \
-            "$(ratio "${CPU[gatehouse.backup]}" "${CPU[rclone.backup]}")" \
-            "$(ratio "${MIBS[gatehouse.restore]}" "${MIBS[rclone.restore]}")" \
-            "$(ratio "${CPU[gatehouse.restore]}" "${CPU[rclone.restore]}")"
-        printf '  client core busy (backup/restore): rclone %s/%s, gatehouse %s/%s\n' \
-            "${CLIENT[rclone.backup]}" "${CLIENT[rclone.restore]}" "${CLIENT[gatehouse.backup]}" \
-            "${CLIENT[gatehouse.restore]}"
+    if ((ROUNDS > 1)); then
+        echo "  spread over the rounds [min-max]:"
+        for t in "${TARGETS[@]}"; do
+            complete "$t" || continue
+            printf '  %-18s backup %s s, server CPU %s s; restore %s s, server CPU %s s\n' "$t" \
+                "$(spread SECS "$t" backup)" "$(spread CPU "$t" backup)" "$(spread SECS "$t" restore)" \
+                "$(spread CPU "$t" restore)"
+        done
     fi
+    for c in gatehouse gatehouse-noverify; do
+        if has "$c" && has rclone && complete "$c" && complete rclone; then
+            # MiB/s ratio = the inverse of the wall-time ratio
+            printf '  ratio %s/rclone: backup MiB/s %s, server CPU %s; restore MiB/s %s, server CPU %s\n' "$c" \
+                "$(ratio "$(mean SECS rclone backup)" "$(mean SECS "$c" backup)")" \
+                "$(ratio "$(mean CPU "$c" backup)" "$(mean CPU rclone backup)")" \
+                "$(ratio "$(mean SECS rclone restore)" "$(mean SECS "$c" restore)")" \
+                "$(ratio "$(mean CPU "$c" restore)" "$(mean CPU rclone restore)")"
+        fi
+    done
+    printf '  client core busy (backup/restore, mean):'
+    for t in "${TARGETS[@]}"; do
+        complete "$t" && printf ' %s %.0f%%/%.0f%%' "$t" "$(mean CLIENT "$t" backup)" "$(mean CLIENT "$t" restore)"
+    done
+    echo
 }
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -360,11 +428,11 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -c1)
 summary=$(cat <<EOF
 
 ==== backup summary ====
-servers on core $SERVER_CPU, restic on core $CLIENT_CPU: $DATA_FILES files, $DATA_BYTES bytes ($(human "$DATA_BYTES")); MiB/s = data bytes / wall time of the restic command; srv CPU = server utime + stime (s), srv % = of its core
+servers on core $SERVER_CPU, restic on core $CLIENT_CPU: $DATA_FILES files, $DATA_BYTES bytes ($(human "$DATA_BYTES")); means of $ROUNDS round(s), the order reversed every other round; MiB/s = data bytes / wall time of the restic command; srv CPU = server utime + stime (s), srv % = of its core
 $(table)
 $(for k in "${!FAILED[@]}"; do echo "  FAILED $k: ${FAILED[$k]}"; done)
 $(if ((${#DISTURBED[@]})); then echo "  disturbed (other load on the server core):"; printf '    %s\n' "${DISTURBED[@]}"; fi)
-machine: $ncpu CPU ($cpu), kernel $(uname -r), restic $RESTIC_VERSION, rclone ${RCLONE_VERSION:-not run}, $(df -h --output=fstype "$TMP" | tail -n1 | tr -d ' ') in $TMPDIR_BASE
+machine: $ncpu CPU ($cpu), kernel $(uname -r), restic $RESTIC_VERSION, rclone ${RCLONE_VERSION:-not run}, $(df -h --output=fstype "$TMP" | tail -n1 | tr -d ' ') in $TMPDIR_BASE, restores to $(df -h --output=fstype "$RESTORES" | tail -n1 | tr -d ' ') in $RESTORE_BASE
 gatehouse $rev$dirty; bench/backup.sh$( ((QUICK)) && echo " --quick") took $(($(date +%s) - STARTED))s
 EOF
 )

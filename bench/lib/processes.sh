@@ -6,6 +6,7 @@
 # shellcheck shell=bash disable=SC2317 # cleanup is called by the trap
 
 PIDS=() # every process the script started, stopped in reverse order on exit
+CLEANUP_DIRS=() # directories outside $TMP, removed on exit
 
 children_of() {
     local stat
@@ -36,6 +37,8 @@ cleanup() {
     trap - EXIT INT TERM
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
     rm -rf "$TMP"
+    # Directories a script made outside $TMP (backup.sh's restores in /dev/shm).
+    for i in "${CLEANUP_DIRS[@]}"; do rm -rf "$i"; done
     exit "$rc"
 }
 trap cleanup EXIT

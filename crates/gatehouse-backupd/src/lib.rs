@@ -43,6 +43,10 @@ pub struct Options {
     pub private_repos: bool,
     /// The default for everyone: no deletes but of locks.
     pub append_only: bool,
+    /// Refuse (400) an upload whose SHA-256 is not its name. Off only on a
+    /// machine too slow to hash (rest-server's `--no-verify-upload`): a
+    /// corrupt upload then goes unnoticed until `restic check --read-data`.
+    pub verify_uploads: bool,
     /// Overrides per user; a user's quota caps the bytes under `/USER/`.
     pub users: HashMap<String, UserOptions>,
     /// Bytes of the whole directory (rest-server --max-size).
@@ -60,6 +64,7 @@ impl std::fmt::Debug for Options {
             .field("htpasswd", &self.htpasswd)
             .field("private_repos", &self.private_repos)
             .field("append_only", &self.append_only)
+            .field("verify_uploads", &self.verify_uploads)
             .field("users", &self.users)
             .field("max_size", &self.max_size)
             .field("access_log", &self.access_log.is_some())

@@ -39,6 +39,7 @@ fn options(root: &TempDir) -> Options {
         htpasswd: None,
         private_repos: false,
         append_only: false,
+        verify_uploads: true,
         users: HashMap::new(),
         max_size: None,
         access_log: None,

@@ -119,6 +119,7 @@ fn options(dir: &Path) -> Options {
         htpasswd: None,
         private_repos: true,
         append_only: false,
+        verify_uploads: true,
         users: HashMap::new(),
         max_size: None,
         access_log: None,
@@ -893,6 +894,33 @@ fn an_upload_whose_hash_differs_from_its_name_is_400() {
     );
     assert_eq!(std::fs::read(world.path("curl-body")).unwrap(), bytes);
     world.served.wait_for_log("a 400", |l| l.contains(" 400 "));
+}
+
+#[test]
+fn with_verify_uploads_off_a_wrong_name_is_stored_as_rest_server_no_verify_does() {
+    let world = World::new("restic-noverify", |o| o.verify_uploads = false);
+    world.restic_ok("alice", "alice/web", &["init"]);
+    let alice = Some(("alice", "pw-alice"));
+    let body = world.path("blob");
+    std::fs::write(&body, b"these bytes are not what the name says").unwrap();
+    let name = hex(&sha2::Sha256::digest(b"something else"));
+    assert_eq!(
+        world.curl(alice, "POST", &format!("/alice/web/data/{name}"), Some(&body)),
+        200
+    );
+    assert_eq!(
+        world.curl(alice, "GET", &format!("/alice/web/data/{name}"), None),
+        200
+    );
+    assert_eq!(
+        std::fs::read(world.path("curl-body")).unwrap(),
+        b"these bytes are not what the name says"
+    );
+    // Still never overwritten.
+    assert_eq!(
+        world.curl(alice, "POST", &format!("/alice/web/data/{name}"), Some(&body)),
+        403
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -58,6 +58,7 @@ impl Validator {
             );
         }
         let append_only = raw.append_only.is_some_and(|a| a.into_inner());
+        let verify_uploads = raw.verify_uploads.is_none_or(|v| v.into_inner());
         let max_size = raw.max_size.and_then(|s| self.size(s, "max_size"));
         let access_log = raw.access_log.and_then(|a| self.access_log(a));
         let mut users = Vec::new();
@@ -94,6 +95,7 @@ impl Validator {
             htpasswd,
             private_repos,
             append_only,
+            verify_uploads,
             max_size,
             access_log,
             users,

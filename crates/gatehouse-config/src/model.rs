@@ -61,6 +61,9 @@ pub struct BackupServer {
     pub private_repos: bool,
     /// Nothing can be deleted but locks (the default for every user).
     pub append_only: bool,
+    /// Uploads are refused (400) unless their SHA-256 is their name, as
+    /// rest-server does unless told `--no-verify-upload`.
+    pub verify_uploads: bool,
     /// Bytes of all repositories together.
     pub max_size: Option<u64>,
     pub access_log: Option<AccessLog>,

@@ -33,6 +33,7 @@ pub struct BackupServer {
     pub htpasswd: Option<Spanned<String>>,
     pub private_repos: Option<Spanned<bool>>,
     pub append_only: Option<Spanned<bool>>,
+    pub verify_uploads: Option<Spanned<bool>>,
     pub max_size: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
     pub users: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<BackupUser>>>>,

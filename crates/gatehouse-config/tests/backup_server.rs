@@ -31,6 +31,7 @@ dir = "/var/lib/gatehouse/backups"
 htpasswd = "{htpasswd}"
 private_repos = true
 append_only = true
+verify_uploads = false
 max_size = "1TiB"
 access_log = "stdout"
 
@@ -49,7 +50,7 @@ quota = "10GiB"
         backup.htpasswd.as_ref().map(|h| h.value.display().to_string()),
         Some(htpasswd)
     );
-    assert!(backup.private_repos && backup.append_only);
+    assert!(backup.private_repos && backup.append_only && !backup.verify_uploads);
     assert_eq!(backup.max_size, Some(1 << 40));
     assert!(backup.access_log.is_some());
     let users: Vec<(&str, Option<bool>, Option<u64>)> = backup
@@ -77,6 +78,7 @@ fn defaults_need_no_users() {
     assert_eq!(backup.dir.value, PathBuf::from("/etc/gatehouse/backups"));
     assert!(backup.htpasswd.is_none() && backup.tls.is_none() && backup.users.is_empty());
     assert!(!backup.private_repos && !backup.append_only);
+    assert!(backup.verify_uploads, "uploads are checked unless told otherwise");
     assert_eq!(backup.max_size, None);
 }
 

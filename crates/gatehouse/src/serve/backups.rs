@@ -51,6 +51,7 @@ fn options(config: &gatehouse_config::BackupServer, sink: Option<&LogSink>) -> a
         htpasswd: config.htpasswd.as_ref().map(|h| h.value.clone()),
         private_repos: config.private_repos,
         append_only: config.append_only,
+        verify_uploads: config.verify_uploads,
         users,
         max_size: config.max_size,
         access_log,
