@@ -476,6 +476,7 @@ fn parse_control(line: &str) -> Result<Option<Control>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_lab::loopback::TempDir;
 
     fn ports() -> Ports {
         Ports {
@@ -487,24 +488,6 @@ mod tests {
         }
     }
 
-    /// A directory of the test's own, removed at the end.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(what: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("gh-demo-{what}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn the_embedded_config_is_valid_and_filled_in() {
         let text = ports().config();
@@ -512,10 +495,10 @@ mod tests {
             assert!(!text.contains(mark), "{mark} left unfilled:\n{text}");
         }
         // As the demo runs it: the file and its htpasswd side by side.
-        let dir = Scratch::new("config");
-        let path = dir.0.join("gatehouse.toml");
+        let dir = TempDir::new("demo-config");
+        let path = dir.path().join("gatehouse.toml");
         std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-        make_user(&dir.0.join("htpasswd")).unwrap_or_else(|e| panic!("{e}"));
+        make_user(&dir.path().join("htpasswd")).unwrap_or_else(|e| panic!("{e}"));
         let farm = match Farm::load(&path) {
             Ok(farm) => farm,
             Err(gatehouse_config::LoadError::Invalid(d)) => panic!("{}", d.render(false)),
@@ -526,7 +509,10 @@ mod tests {
         assert_eq!(web.backends.len(), 2);
         assert!(farm.log_server.is_some() && farm.backup_server.is_some() && farm.admin.is_some());
         assert!(farm.gateway.is_none(), "the demo needs no root: no [gateway]");
-        assert_eq!(farm.log_server.map(|l| l.dir.value), Some(dir.0.join("logs")));
+        assert_eq!(
+            farm.log_server.map(|l| l.dir.value),
+            Some(dir.path().join("logs"))
+        );
         assert!(text.contains("gatehouse lab web --listen 127.0.0.1:8082 --number 2"));
     }
 
@@ -603,8 +589,8 @@ mod tests {
 
     #[test]
     fn the_generated_user_is_a_bcrypt_line_made_once() {
-        let dir = Scratch::new("user");
-        let file = dir.0.join("htpasswd");
+        let dir = TempDir::new("demo-user");
+        let file = dir.path().join("htpasswd");
         let password = make_user(&file)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_default();

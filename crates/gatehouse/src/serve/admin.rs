@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::page::{self, BackendRow, LogTail, Overview, Repo, ServiceCard};
+use super::page::{self, BackendRow, LogTail, Overview, ServiceCard};
 use super::{Refusal, ReloadRequest, SharedView};
 use crate::logs_cmd::{Request, render};
 
@@ -141,26 +141,7 @@ async fn overview(admin: &Admin, grep: String, host: String) -> Overview {
             .iter()
             .map(|s| {
                 let name = s.service.name.value.clone();
-                let backends = s
-                    .pools
-                    .iter()
-                    .flat_map(|pool| pool.backends().iter().map(move |b| (pool, b)))
-                    .map(|(pool, b)| {
-                        let snap = b.snapshot();
-                        let rate = rates.rate(&(pool.service.clone(), snap.label.clone()));
-                        BackendRow {
-                            name: snap.label,
-                            pool: pool.service.clone(),
-                            addr: snap.addr.to_string(),
-                            state: snap.state.as_str(),
-                            since: snap.since,
-                            last_failure: snap.last_failure,
-                            connections: snap.connections,
-                            requests: snap.responses,
-                            rate,
-                        }
-                    })
-                    .collect();
+                let backends = backend_rows(s, &rates);
                 let (rps, latency_ms) = history.series(&name);
                 ServiceCard {
                     mode: s.service.mode.as_str().to_string(),
@@ -187,17 +168,7 @@ async fn overview(admin: &Admin, grep: String, host: String) -> Overview {
         None => None,
     };
     let backups = match backup_dir {
-        Some(dir) => Some(match &*admin.repos.get(dir, backup_changes(admin)).await {
-            Ok(repos) => Ok(repos
-                .iter()
-                .map(|r| Repo {
-                    name: r.repo.clone(),
-                    bytes: r.bytes,
-                    last_write: r.last_write,
-                })
-                .collect()),
-            Err(e) => Err(e.clone()),
-        }),
+        Some(dir) => Some(admin.repos.get(dir, backup_changes(admin)).await),
         None => None,
     };
     Overview {
@@ -441,6 +412,31 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Every backend of a service (its own pool, then each route's) as it is
+/// now: what `/status` and the page both show.
+fn backend_rows(s: &super::ServiceView, rates: &Rates) -> Vec<BackendRow> {
+    s.pools
+        .iter()
+        .flat_map(|pool| pool.backends().iter().map(move |b| (pool, b)))
+        .map(|(pool, b)| {
+            let snap = b.snapshot();
+            let rate = rates.rate(&(pool.service.clone(), snap.label.clone()));
+            BackendRow {
+                name: snap.label,
+                pool: pool.service.clone(),
+                addr: snap.addr.to_string(),
+                weight: snap.weight,
+                state: snap.state.as_str(),
+                since: snap.since,
+                last_failure: snap.last_failure,
+                connections: snap.connections,
+                requests: snap.responses,
+                rate,
+            }
+        })
+        .collect()
+}
+
 fn status_json(admin: &Admin) -> Value {
     let view = admin.view.read().unwrap_or_else(|e| e.into_inner());
     let rates = admin.rates.lock().unwrap_or_else(|e| e.into_inner());
@@ -449,25 +445,21 @@ fn status_json(admin: &Admin) -> Value {
         .services
         .iter()
         .map(|s| {
-            let backends: Vec<Value> = s
-                .pools
-                .iter()
-                .flat_map(|pool| pool.backends().iter().map(move |b| (pool, b)))
-                .map(|(pool, b)| {
-                    let snap = b.snapshot();
-                    let key = (pool.service.clone(), snap.label.clone());
+            let backends: Vec<Value> = backend_rows(s, &rates)
+                .into_iter()
+                .map(|b| {
                     json!({
-                        "name": snap.label,
-                        "pool": pool.service,
-                        "addr": snap.addr.to_string(),
-                        "weight": snap.weight,
-                        "state": snap.state.as_str(),
-                        "since": unix(snap.since),
-                        "for_seconds": now.duration_since(snap.since).map_or(0, |d| d.as_secs()),
-                        "last_failure": snap.last_failure,
-                        "connections": snap.connections,
-                        "requests": snap.responses,
-                        "rate": rates.rate(&key),
+                        "name": b.name,
+                        "pool": b.pool,
+                        "addr": b.addr,
+                        "weight": b.weight,
+                        "state": b.state,
+                        "since": unix(b.since),
+                        "for_seconds": now.duration_since(b.since).map_or(0, |d| d.as_secs()),
+                        "last_failure": b.last_failure,
+                        "connections": b.connections,
+                        "requests": b.requests,
+                        "rate": b.rate,
                     })
                 })
                 .collect();

@@ -15,6 +15,8 @@
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
+use gatehouse_backupd::RepoInfo;
+
 /// Everything the page shows, gathered by the admin listener.
 pub struct Overview {
     pub version: &'static str,
@@ -28,7 +30,7 @@ pub struct Overview {
     /// None: this gatehouse has no log server.
     pub logs: Option<LogTail>,
     /// None: no backup server; Err: its directory could not be read.
-    pub backups: Option<Result<Vec<Repo>, String>>,
+    pub backups: Option<std::sync::Arc<Result<Vec<RepoInfo>, String>>>,
 }
 
 pub struct ServiceCard {
@@ -49,6 +51,7 @@ pub struct BackendRow {
     /// The pool: the service's own backends, or a route's.
     pub pool: String,
     pub addr: String,
+    pub weight: u32,
     /// "up", "down" or "unknown".
     pub state: &'static str,
     pub since: SystemTime,
@@ -67,12 +70,6 @@ pub struct LogTail {
     /// Lines oldest first as (host, the rest of `host | line`), or why
     /// there are none (a bad regular expression, an unreadable store).
     pub lines: Result<Vec<(String, String)>, String>,
-}
-
-pub struct Repo {
-    pub name: String,
-    pub bytes: u64,
-    pub last_write: Option<SystemTime>,
 }
 
 /// How many log lines the page shows.
@@ -355,7 +352,7 @@ fn backups_section(html: &mut String, o: &Overview) {
         "<section id=\"backups\" aria-labelledby=\"backups-h\">\n<h2 id=\"backups-h\">Backups</h2>\n\
          <div id=\"backups-live\" data-live>\n",
     );
-    match &o.backups {
+    match o.backups.as_deref() {
         None => html.push_str("<p>No [backup_server] in the config.</p>\n"),
         Some(Err(why)) => {
             let _ = writeln!(html, "<p class=\"error\" role=\"alert\">{}</p>", escape(why));
@@ -380,7 +377,7 @@ fn backups_section(html: &mut String, o: &Overview) {
                 let _ = writeln!(
                     html,
                     "<tr><th scope=\"row\"><code>/{}</code></th><td class=\"num\">{}</td><td>{last}</td></tr>",
-                    escape(&r.name),
+                    escape(&r.repo),
                     bytesize::ByteSize::b(r.bytes).display().iec(),
                 );
             }
@@ -495,6 +492,7 @@ mod tests {
             name: name.into(),
             pool: "web".into(),
             addr: "127.0.0.1:8081".into(),
+            weight: 1,
             state,
             since: now - Duration::from_secs(125),
             last_failure: Some("connect: connection refused".into()),
@@ -524,11 +522,11 @@ mod tests {
                 hosts: vec!["web1".into(), "web2".into()],
                 lines: Ok(vec![("web1".into(), "GET /<script> 200".into())]),
             }),
-            backups: Some(Ok(vec![Repo {
-                name: "demo/site".into(),
+            backups: Some(std::sync::Arc::new(Ok(vec![RepoInfo {
+                repo: "demo/site".into(),
                 bytes: 3 * 1024 * 1024,
                 last_write: Some(now - Duration::from_secs(30)),
-            }])),
+            }]))),
         }
     }
 
